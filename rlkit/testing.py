@@ -1,0 +1,103 @@
+"""Tiny offline models and a tokenizer for tests, examples and benchmarks (no network, seconds on CPU).
+
+Example:
+    >>> tok = tiny_tokenizer()
+    >>> policy = tiny_causal_lm(tok)                      # Qwen2, hidden 64, 2 layers, random weights
+    >>> prm = tiny_token_classifier(tok)                  # 2-label head per token (qwen-prm layout)
+    >>> orm = tiny_sequence_classifier(tok)               # 1 score per sequence (orm layout)
+"""
+
+from __future__ import annotations
+
+import functools
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>", "<extra_0>", "<ki>", "+", "-"]
+_CORPUS = [
+    "Natalia sold 48 clips in April and half as many in May. How many clips did she sell?",
+    "Step 1: 48 / 2 = 24 clips in May.\n\nStep 2: 48 + 24 = 72 clips.\n\nThe answer is \\boxed{72}.",
+    "Please reason step by step, and put your final answer within \\boxed{}.",
+    "system user assistant The answer is #### 18 0 1 2 3 4 5 6 7 8 9 + - * / = ( ) . , ? ! good bad",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "Ünïcödé ∑ π ≤ ≥ × ÷ → 日本語 emoji 🙂 text",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS[:5],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tk.to_str()
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (~400 tokens) with ChatML specials, ``<extra_0>`` and a chat template."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+                                  bos_token=None, eos_token="<|im_end|>", pad_token="<pad>",
+                                  additional_special_tokens=["<|im_start|>", "<extra_0>", "<ki>"])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def _config(tok, **overrides):
+    from transformers import Qwen2Config
+
+    kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+              tie_word_embeddings=True)
+    kw.update(overrides)
+    return Qwen2Config(**kw)
+
+
+def tiny_causal_lm(tok=None, seed: int = 0, **overrides):
+    """A random Qwen2ForCausalLM (hidden 64, 2 layers) matching ``tok``."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    tok = tok or tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(_config(tok, **overrides))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.eval()
+
+
+def tiny_token_classifier(tok=None, seed: int = 0, num_labels: int = 2, **overrides):
+    """A random Qwen2ForTokenClassification with a 2-label head: the layout of rlkit-trained PRMs."""
+    import torch
+    from transformers import Qwen2ForTokenClassification
+
+    tok = tok or tiny_tokenizer()
+    torch.manual_seed(seed)
+    return Qwen2ForTokenClassification(_config(tok, num_labels=num_labels, **overrides)).eval()
+
+
+def tiny_sequence_classifier(tok=None, seed: int = 0, **overrides):
+    """A random Qwen2ForSequenceClassification with one output: the layout of outcome RMs."""
+    import torch
+    from transformers import Qwen2ForSequenceClassification
+
+    tok = tok or tiny_tokenizer()
+    torch.manual_seed(seed)
+    return Qwen2ForSequenceClassification(_config(tok, num_labels=1, **overrides)).eval()
+
+
+def save_tiny(model, tok, path) -> str:
+    """Save a tiny model and tokenizer as an HF folder; returns the path as a string."""
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
