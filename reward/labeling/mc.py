@@ -1,0 +1,230 @@
+"""Monte-Carlo step labels: roll out N completions from every step prefix and check their final answers.
+
+A step is labelled from the completions that continue the response after it: hard label 1 when at least one
+completion reaches the reference answer (the default, "any" was best in the Qwen2.5-Math-PRM study), soft
+label = the fraction that do. The final step needs no rollout: its label is the verifier's check of the whole
+response. Steps after the first negative step (no completion right) are dropped, and no rollouts are spent
+on them.
+
+The completer is any callable ``complete(prefixes: list[str], n: int) -> list[list[str]]`` returning n
+continuations of each prefix. A prefix is the text to continue: ``completer.prompt(problem)`` (when the
+completer has a ``prompt`` method, e.g. a chat template) followed by the steps so far, each followed by the
+step separator. :class:`HFCompleter` (transformers generate) and :class:`VLLMCompleter` are provided;
+:func:`build_completer` picks vLLM when asked and importable.
+
+Example (a completer that always reaches the answer):
+    >>> right = lambda prefixes, n: [["\\\\boxed{72}"] * n for _ in prefixes]
+    >>> item = {"id": "a", "problem": "p", "steps": ["48/2=24", "48+24=73", "\\\\boxed{73}"], "reference": "72"}
+    >>> mc_label_item(item, right, n=2)["labels"]
+    [1, 1, 0]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from reward.labeling.io import ResumableWriter
+
+log = logging.getLogger(__name__)
+
+Completer = Callable[[list[str], int], list[list[str]]]
+STEP_JOIN = "\n\n"
+
+
+def _prompt_of(completer: Any, problem: str) -> str:
+    fn = getattr(completer, "prompt", None)
+    return fn(problem) if callable(fn) else f"{problem}{STEP_JOIN}"
+
+
+def step_prefixes(completer: Any, problem: str, steps: Sequence[str]) -> list[str]:
+    """The text to continue after each step but the last (``len(steps) - 1`` prefixes)."""
+    head = _prompt_of(completer, problem)
+    return [head + STEP_JOIN.join(steps[: k + 1]) + STEP_JOIN for k in range(len(steps) - 1)]
+
+
+def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "hard",
+                  verify: Callable[[str, str], bool] | None = None) -> dict:
+    """Label one item ``{"id", "problem", "steps", "reference"}``; returns a labelled record.
+
+    The record adds ``labels`` (up to and including the first negative step), ``earliest_error`` (-1: none),
+    ``mc_correct`` (right completions per rolled-out step; the final step's entry is n or 0 from the
+    verifier), ``mc_n`` and ``method: "mc"``.
+    """
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"unknown MC label mode {mode!r} (allowed: hard, soft)")
+    if n < 1:
+        raise ValueError(f"MC needs n >= 1 completions, got {n}")
+    if verify is None:
+        from reward.models.verifier import is_correct as verify
+    steps, ref = list(item["steps"]), str(item["reference"])
+    prefixes = step_prefixes(completer, item["problem"], steps)
+    outs = completer(prefixes, n) if prefixes else []
+    if len(outs) != len(prefixes) or any(len(o) != n for o in outs):
+        raise ValueError(f"completer returned {[len(o) for o in outs]} completions for {len(prefixes)} "
+                         f"prefixes x {n}")
+    counts = []
+    for k, comps in enumerate(outs):
+        partial = STEP_JOIN.join(steps[: k + 1]) + STEP_JOIN
+        counts.append(sum(bool(verify(partial + c, ref)) for c in comps))
+    counts.append(n if verify(STEP_JOIN.join(steps), ref) else 0)
+    labels: list[float] = []
+    earliest = -1
+    for k, c in enumerate(counts):
+        labels.append((1 if c > 0 else 0) if mode == "hard" else c / n)
+        if c == 0:
+            earliest = k
+            break
+    return {"id": item["id"], "problem": item["problem"], "steps": steps, "reference": ref,
+            "labels": labels, "earliest_error": earliest, "mc_correct": counts[: len(labels)], "mc_n": n,
+            "label_mode": mode, "method": "mc"}
+
+
+def run_mc(items: Iterable[Mapping], completer: Completer, output: str, n: int = 8, mode: str = "hard",
+           verify: Callable[[str, str], bool] | None = None, progress: Callable[[str], None] | None = None,
+           limit: int | None = None) -> dict[str, int]:
+    """Label ``items`` into the JSONL ``output``, one appended line per finished item; resumable.
+
+    Items whose id is already in ``output`` are skipped, so an interrupted run continues where it stopped.
+    Returns counts: total, skipped (already done), labelled, with_error.
+    """
+    items = list(items)
+    stats = {"total": len(items), "skipped": 0, "labelled": 0, "with_error": 0}
+    t0 = time.time()
+    with ResumableWriter(output) as w:
+        for it in items:
+            if str(it["id"]) in w.done:
+                stats["skipped"] += 1
+                continue
+            if limit is not None and stats["labelled"] >= limit:
+                break
+            rec = mc_label_item(it, completer, n=n, mode=mode, verify=verify)
+            w.write(rec)
+            stats["labelled"] += 1
+            stats["with_error"] += rec["earliest_error"] != -1
+            if progress:
+                progress(f"[mc] {stats['labelled'] + stats['skipped']}/{stats['total']} id={it['id']} "
+                         f"labels={rec['labels']} ({time.time() - t0:.0f}s)")
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------- completers
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def chat_prompt(tokenizer, problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> str:
+    """The generation prompt for ``problem`` through the tokenizer's chat template (plain text without one)."""
+    msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": problem}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return (system_prompt + "\n\n" if system_prompt else "") + problem + "\n\n"
+
+
+class HFCompleter:
+    """Sampling with transformers ``generate``: n continuations of each prefix.
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer, or ``model`` as a path/name (loaded here;
+            ``embedded:...`` names resolve through rlkit.models).
+        max_new_tokens, temperature, top_p: sampling settings. batch_size: prefixes per generate call.
+        system_prompt: system turn of :meth:`prompt`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, max_new_tokens: int = 256, temperature: float = 0.7,
+                 top_p: float = 1.0, batch_size: int = 4, system_prompt: str | None = SYSTEM_PROMPT,
+                 seed: int | None = 0) -> None:
+        if isinstance(model, str):
+            model, tokenizer = load_causal_lm(model)
+        if tokenizer is None:
+            raise ValueError("HFCompleter needs a tokenizer with a model object")
+        self.model, self.tok = model.eval(), tokenizer
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.batch_size, self.system_prompt, self.seed = batch_size, system_prompt, seed
+
+    def prompt(self, problem: str) -> str:
+        return chat_prompt(self.tok, problem, self.system_prompt)
+
+    def __call__(self, prefixes: list[str], n: int) -> list[list[str]]:
+        import torch
+
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        out: list[list[str]] = []
+        side = self.tok.padding_side
+        self.tok.padding_side = "left"
+        try:
+            for i in range(0, len(prefixes), self.batch_size):
+                chunk = prefixes[i:i + self.batch_size]
+                enc = self.tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.no_grad():
+                    gen = self.model.generate(
+                        **enc, do_sample=self.temperature > 0, temperature=self.temperature or None,
+                        top_p=self.top_p, max_new_tokens=self.max_new_tokens, num_return_sequences=n,
+                        pad_token_id=self.tok.pad_token_id)
+                texts = self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out.extend(texts[j * n:(j + 1) * n] for j in range(len(chunk)))
+        finally:
+            self.tok.padding_side = side
+        return out
+
+
+class VLLMCompleter:
+    """Sampling with vLLM (``vllm.LLM``): n continuations of each prefix in one call."""
+
+    def __init__(self, model: str, max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 1.0,
+                 system_prompt: str | None = SYSTEM_PROMPT, seed: int | None = 0, **llm_args: Any) -> None:
+        from vllm import LLM  # noqa: F401  (import error tells the caller vLLM is absent)
+
+        path = resolve_model_path(model)
+        self.llm = LLM(model=path, seed=seed or 0, **llm_args)
+        self.tok = self.llm.get_tokenizer()
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.system_prompt, self.seed = system_prompt, seed
+
+    def prompt(self, problem: str) -> str:
+        return chat_prompt(self.tok, problem, self.system_prompt)
+
+    def __call__(self, prefixes: list[str], n: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
+                            seed=self.seed)
+        res = self.llm.generate(prefixes, sp, use_tqdm=False)
+        return [[o.text for o in r.outputs] for r in res]
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for ``name``: ``embedded:...`` through rlkit.models, anything else as given."""
+    if name.startswith("embedded:"):
+        from rlkit.models import resolve_model
+
+        return resolve_model(name)
+    return name
+
+
+def load_causal_lm(name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return model, tok
+
+
+def build_completer(model: str, backend: str = "hf", **kwargs: Any) -> Completer:
+    """A completer for ``model``: vLLM when ``backend == "vllm"`` and importable (else HF generate, logged)."""
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown completer backend {backend!r} (allowed: hf, vllm)")
+    if backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install raising something else
+            log.warning("vLLM is not importable (%s); MC rollouts use HF generate", e)
+        else:
+            kw = {k: v for k, v in kwargs.items() if k != "batch_size"}
+            return VLLMCompleter(model, **kw)
+    return HFCompleter(model, **kwargs)
