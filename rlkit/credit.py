@@ -1,0 +1,163 @@
+"""How step scores become per-token credit. Pure functions: tensors in, tensors out, no trainer state.
+
+Shapes used throughout (B responses, S = most steps in a response, T = completion tokens):
+    step_rewards  (B, S) float  score of step s of response b (padding anywhere where step_mask is False)
+    step_mask     (B, S) bool   which entries are real steps
+    step_ends     (B, S) long   index of the completion token that ends step s (in [0, T))
+    token_mask    (B, T) bool/0-1  real completion tokens
+Responses are in groups of ``group_size`` consecutive rows (the GRPO layout: one prompt, G samples).
+
+Modes:
+    process_grpo   DeepSeekMath process supervision. r~ = (r - mean_g) / (std_g + eps), with mean_g/std_g over
+                   all steps of all responses of the group; A[b, t] = sum of r~[b, s] over steps s with
+                   step_ends[b, s] >= t.
+    min_form       PURE-style min-form credit. Same normalisation; A[b, t] = min of r~[b, s] over steps s with
+                   step_ends[b, s] >= t. Splitting a step into several with the same score changes nothing.
+    outcome        Usual GRPO: one reward per response R_b (any aggregation of its steps), A[b, t] =
+                   (R_b - mean_g R) / (std_g R + eps) on every token.
+Tokens after the last step's end get 0 (callers make the last step end on the last completion token).
+
+Example:
+    >>> import torch
+    >>> r = torch.tensor([[1.0, 0.0], [1.0, 1.0]]); m = torch.ones(2, 2, dtype=torch.bool)
+    >>> e = torch.tensor([[1, 3], [1, 3]]); tm = torch.ones(2, 4)
+    >>> process_grpo(r, m, e, tm, group_size=2, eps=0.0)[0]   # mean 0.75, std sqrt(3)/4: r~ = [0.577, -1.732]
+    tensor([-1.1547, -1.1547, -1.7321, -1.7321])
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-4
+
+
+def _group_stats(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std of the masked entries of each group of ``group_size`` rows, broadcast per row."""
+    B = values.shape[0]
+    if B % group_size:
+        raise ValueError(f"batch of {B} responses is not a whole number of groups of {group_size}")
+    v = values.reshape(B // group_size, -1)
+    m = mask.reshape(B // group_size, -1).to(values.dtype)
+    n = m.sum(dim=1).clamp(min=1)
+    mean = (v * m).sum(dim=1) / n
+    var = (((v - mean[:, None]) ** 2) * m).sum(dim=1) / n
+    std = var.sqrt()
+    return mean.repeat_interleave(group_size), std.repeat_interleave(group_size)
+
+
+def normalize_steps(step_rewards: torch.Tensor, step_mask: torch.Tensor, group_size: int,
+                    scale: bool = True, eps: float = EPS) -> torch.Tensor:
+    """Group-normalised step rewards (padding entries set to 0)."""
+    mask = step_mask.bool()
+    mean, std = _group_stats(step_rewards, mask, group_size)
+    out = step_rewards - mean[:, None]
+    if scale:
+        out = out / (std[:, None] + eps)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def _check(step_rewards, step_mask, step_ends, token_mask) -> None:
+    if step_rewards.shape != step_mask.shape or step_rewards.shape != step_ends.shape:
+        raise ValueError(f"step tensors disagree in shape: {tuple(step_rewards.shape)}, {tuple(step_mask.shape)}, "
+                         f"{tuple(step_ends.shape)}")
+    if token_mask.shape[0] != step_rewards.shape[0]:
+        raise ValueError(f"{token_mask.shape[0]} token rows for {step_rewards.shape[0]} step rows")
+    if not torch.isfinite(step_rewards[step_mask.bool()]).all():
+        raise ValueError("step rewards contain NaN or inf")
+    T = token_mask.shape[1]
+    ends = step_ends[step_mask.bool()]
+    if ends.numel() and (ends.min() < 0 or ends.max() >= T):
+        raise ValueError(f"step end index out of range [0, {T})")
+
+
+def process_grpo(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+                 token_mask: torch.Tensor, group_size: int, scale: bool = True, eps: float = EPS) -> torch.Tensor:
+    """(B, T) advantages: each token gets the sum of the normalised rewards of the steps ending at or after it."""
+    _check(step_rewards, step_mask, step_ends, token_mask)
+    norm = normalize_steps(step_rewards, step_mask, group_size, scale, eps)
+    B, T = token_mask.shape
+    at_end = torch.zeros(B, T, dtype=norm.dtype, device=norm.device)
+    at_end.scatter_add_(1, step_ends.clamp(0, T - 1).long(), norm)  # padding adds 0
+    # reverse cumulative sum: a token collects every step that ends at or after it
+    adv = at_end.flip(1).cumsum(1).flip(1)
+    return adv * token_mask.to(adv.dtype)
+
+
+def min_form(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+             token_mask: torch.Tensor, group_size: int, scale: bool = True, eps: float = EPS) -> torch.Tensor:
+    """(B, T) advantages: each token gets the minimum normalised reward of the steps ending at or after it."""
+    _check(step_rewards, step_mask, step_ends, token_mask)
+    norm = normalize_steps(step_rewards, step_mask, group_size, scale, eps)
+    B, T = token_mask.shape
+    inf = torch.finfo(norm.dtype).max
+    at_end = torch.full((B, T), inf, dtype=norm.dtype, device=norm.device)
+    vals = torch.where(step_mask.bool(), norm, torch.full_like(norm, inf))
+    at_end.scatter_reduce_(1, step_ends.clamp(0, T - 1).long(), vals, reduce="amin")
+    # reverse cumulative minimum
+    adv = at_end.flip(1).cummin(1).values.flip(1)
+    adv = torch.where(adv >= inf, torch.zeros_like(adv), adv)
+    return adv * token_mask.to(adv.dtype)
+
+
+def outcome(response_rewards: torch.Tensor, token_mask: torch.Tensor, group_size: int, scale: bool = True,
+            eps: float = EPS) -> torch.Tensor:
+    """(B, T) advantages: the group-normalised response reward on every completion token."""
+    if not torch.isfinite(response_rewards).all():
+        raise ValueError("response rewards contain NaN or inf")
+    ones = torch.ones_like(response_rewards, dtype=torch.bool)
+    mean, std = _group_stats(response_rewards, ones, group_size)
+    adv = response_rewards - mean
+    if scale:
+        adv = adv / (std + eps)
+    return adv[:, None] * token_mask.to(adv.dtype)
+
+
+def shape_with_outcome(step_rewards: torch.Tensor, step_mask: torch.Tensor, verified: torch.Tensor,
+                       mode: str = "weighted", weight: float = 1.0) -> torch.Tensor:
+    """Mix a verifiable 0/1 outcome ``verified`` (B,) into the last step's reward of each response.
+
+    ``weighted``: r_last + weight * r_v. ``qwen_math``: every step r -> sigmoid(0.5 r) + (r_v - 1), the
+    Qwen2.5-Math shaping, so any verified-correct response outranks any wrong one. ``none``: unchanged.
+    """
+    if mode == "none":
+        return step_rewards
+    v = verified.to(step_rewards.dtype)
+    if mode == "qwen_math":
+        return torch.where(step_mask.bool(), torch.sigmoid(0.5 * step_rewards) + (v[:, None] - 1), step_rewards)
+    if mode != "weighted":
+        raise ValueError(f"unknown outcome shaping {mode!r} (allowed: none, weighted, qwen_math)")
+    last = last_step_index(step_mask)
+    out = step_rewards.clone()
+    rows = torch.arange(out.shape[0], device=out.device)
+    has = step_mask.bool().any(dim=1)
+    out[rows[has], last[has]] += weight * v[has]
+    return out
+
+
+def last_step_index(step_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last real step of each row (0 for rows without steps)."""
+    S = step_mask.shape[1]
+    idx = torch.arange(S, device=step_mask.device).expand_as(step_mask)
+    return torch.where(step_mask.bool(), idx, torch.zeros_like(idx)).max(dim=1).values
+
+
+def pad_steps(step_scores: list[list[float]], step_end_tokens: list[list[int]],
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lists of per-response step scores / end tokens -> padded (rewards, mask, ends) tensors."""
+    B = len(step_scores)
+    S = max([len(s) for s in step_scores] + [1])
+    rewards = torch.zeros(B, S, dtype=torch.float32, device=device)
+    mask = torch.zeros(B, S, dtype=torch.bool, device=device)
+    ends = torch.zeros(B, S, dtype=torch.long, device=device)
+    for b, (sc, en) in enumerate(zip(step_scores, step_end_tokens)):
+        if len(sc) != len(en):
+            raise ValueError(f"response {b}: {len(sc)} step scores for {len(en)} step ends")
+        if sc:
+            rewards[b, : len(sc)] = torch.tensor(sc, dtype=torch.float32)
+            ends[b, : len(en)] = torch.tensor(en, dtype=torch.long)
+            mask[b, : len(sc)] = True
+    return rewards, mask, ends
+
+
+CREDIT_FUNCTIONS = {"process_grpo": process_grpo, "min_form": min_form}
