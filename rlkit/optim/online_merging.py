@@ -1,0 +1,383 @@
+"""Online merging optimizers: OnDARE-AdamW and OnTIES-AdamW (Lu et al. 2024, arXiv 2405.17931).
+
+Each step runs AdamW on the raw gradient (moments, bias correction, eps exactly as ``torch.optim.AdamW``),
+then the Adam update ``Delta`` is sparsified and merged with the reference task vector
+``tau = theta_ref - theta_base`` (theta_ref = the policy at step 0, i.e. the SFT model) before it is applied::
+
+    p <- p * (1 - lr * weight_decay)                     # decoupled weight decay, outside the merge
+    p <- p + (1 - alpha) * Delta' + alpha * tau'          # the merged update
+
+* OnDARE: ``Delta' = Delta * m / p`` with ``m ~ Bernoulli(p)`` drawn fresh every merge;
+  ``tau' = tau * m_tau / p`` with one mask drawn at the first step (``resample_tau=True`` redraws it every
+  merge). ``rescale=False`` drops the ``1 / p`` factor on both.
+* OnTIES: ``Delta'`` keeps the entries with ``|Delta| >= `` the k-th largest ``|Delta|`` of each model tensor,
+  ``k = max(1, ceil(p * numel))``; ``tau'`` is the same top-p of ``tau`` (computed once). Sign election
+  per entry: ``s = +1 if tau' + Delta' >= 0 else -1`` (unweighted sum); entries of ``Delta'`` and ``tau'``
+  whose sign differs from ``s`` are dropped (zeros carry no sign and contribute nothing).
+
+Reductions: OnDARE with ``p=1, alpha=0`` is bit-for-bit ``torch.optim.AdamW(foreach=False)``; OnTIES with
+``p=1, alpha=0`` equals AdamW only when ``tau = 0`` (the sign election still uses tau).
+
+``merge_every=K > 1``: the K-1 steps in between apply plain AdamW updates and accumulate them; the K-th step
+rolls them back and applies the merge of the accumulated update (the released code's bug, where non-merge
+steps updated only the first parameter, is absent: every parameter is handled every step).
+``alpha_follows_lr=True`` scales alpha by ``lr / initial_lr`` (default: constant alpha, as released).
+
+Masks and top-k thresholds are functions of (seed, step, tensor name, element index) only, so a parameter
+sharded by DeepSpeed ZeRO gets the same update as in one process, and replicas (DDP/ZeRO-0) agree.
+Sharding is described by a *reference* object (see :class:`TensorReference`, and
+``rlkit.optim.zero_mapping.SafetensorsReference`` for HF folders and ZeRO-2/3 flat partitions).
+
+Example::
+
+    >>> import torch
+    >>> from rlkit.optim import OnDAREAdamW, TensorReference
+    >>> model = torch.nn.Linear(4, 2)
+    >>> base = {n: t.detach() - 0.01 for n, t in model.named_parameters()}   # pretrained weights
+    >>> opt = OnDAREAdamW(model.parameters(), lr=1e-3, p=0.5, alpha=1e-3,
+    ...                   reference=TensorReference(model, base))
+    >>> model(torch.randn(3, 4)).sum().backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
+
+import torch
+
+__all__ = ["Segment", "TensorReference", "OnlineMergingAdamW", "OnDAREAdamW", "OnTIESAdamW"]
+
+_CHUNK = 1 << 20  # mask RNG granularity (elements of a tensor): chunk c of tensor T has its own generator
+
+
+class Segment(NamedTuple):
+    """A piece of model tensor ``name`` held by an optimizer tensor (flattened views on both sides).
+
+    ``offset``: where it starts in the optimizer tensor; ``length``: elements; ``start``: where it starts
+    in the flattened model tensor; ``numel``: the model tensor's full size.
+    """
+
+    name: str
+    offset: int
+    length: int
+    start: int
+    numel: int
+
+
+class TensorReference:
+    """Plain (unsharded) reference: maps each optimizer tensor to its model name and gives base weights.
+
+    ``base``: name -> tensor of base (pretrained) weights, or a callable ``(name, start, length) -> 1-D
+    tensor`` reading a flat slice. Used by the optimizer at the first step; tau = (value then) - base.
+    """
+
+    sharded = False
+    group = None
+
+    def __init__(self, model_or_names, base):
+        named = model_or_names.named_parameters() if hasattr(model_or_names, "named_parameters") \
+            else model_or_names
+        self.names = {id(t): n for n, t in (named.items() if isinstance(named, dict) else named)}
+        self._base = base
+
+    def segments(self, p: torch.Tensor) -> List[Segment]:
+        if id(p) not in self.names:
+            raise KeyError("online merging: an optimizer tensor is not a named model parameter")
+        n = p.numel()
+        return [Segment(self.names[id(p)], 0, n, 0, n)]
+
+    def base_flat(self, p: torch.Tensor, segs: List[Segment]) -> torch.Tensor:
+        out = p.detach().reshape(-1).clone()  # entries without a base counterpart get tau = 0
+        for s in segs:
+            if callable(self._base):
+                v = self._base(s.name, s.start, s.length)
+            else:
+                v = self._base[s.name].reshape(-1).narrow(0, s.start, s.length)
+            out.narrow(0, s.offset, s.length).copy_(v)
+        return out
+
+    def name_ids(self) -> Dict[str, int]:
+        return {n: i for i, n in enumerate(sorted(self.names.values()))}
+
+
+def _key(*parts) -> int:
+    b = "\x1f".join(str(x) for x in parts).encode()
+    return (zlib.crc32(b) << 31) ^ zlib.crc32(b[::-1]) ^ (len(b) << 7)
+
+
+def _kept_positions(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
+    """Indices in [0, n) kept independently with probability p (geometric gaps when p is small)."""
+    if p > 0.1:
+        return torch.nonzero(torch.rand(n, generator=gen, device=device) < p).view(-1)
+    log1mp = math.log1p(-p)
+    out, last = [], -1
+    m = int(p * n + 6 * math.sqrt(p * n) + 16)
+    while last < n - 1:
+        u = torch.rand(m, generator=gen, device=device, dtype=torch.float64).clamp_min_(1e-300)
+        pos = torch.floor(torch.log(u) / log1mp).to(torch.int64).add_(1).cumsum_(0).add_(last)
+        out.append(pos)
+        last = int(pos[-1])
+    pos = torch.cat(out)
+    return pos[pos < n]
+
+
+class OnlineMergingAdamW(torch.optim.Optimizer):
+    """AdamW whose update is sparsified and merged with a reference task vector (base of both variants).
+
+    Args:
+        params: parameters or groups (each group may override lr, betas, eps, weight_decay).
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled decay, applied before the update).
+        p: reserve rate (fraction of update entries kept). Paper default 0.01.
+        alpha: merge weight of tau. Paper default ~1e-7 (retune with fp32 master weights).
+        reference: object with ``segments(param)``, ``base_flat(param, segments)``, ``sharded``, ``group``
+            and ``name_ids()`` (:class:`TensorReference` or ``zero_mapping.SafetensorsReference``); may be set
+            later as ``opt.reference = ...`` but before the first step.
+        merge_every: merge every K steps (plain AdamW steps in between, rolled back at the merge).
+        seed: seed of the random masks (OnDARE).
+        alpha_follows_lr: scale alpha by lr / initial_lr (set by LR schedulers).
+    """
+
+    method = ""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, p: float = 0.01, alpha: float = 1e-7, reference=None,
+                 merge_every: int = 1, seed: int = 0, alpha_follows_lr: bool = False,
+                 rescale: bool = True, resample_tau: bool = False):
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"reserve rate p must be in (0, 1], got {p}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if int(merge_every) < 1:
+            raise ValueError(f"merge_every must be >= 1, got {merge_every}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.p, self.alpha, self.reference = float(p), float(alpha), reference
+        self.merge_every, self.seed, self.alpha_follows_lr = int(merge_every), int(seed), alpha_follows_lr
+        self.rescale, self.resample_tau = bool(rescale), bool(resample_tau)
+        self._segs: Dict[int, List[Segment]] = {}
+
+    # ---- layout -----------------------------------------------------------------------------------------
+    def _segments(self, p) -> List[Segment]:
+        if id(p) not in self._segs:
+            if self.reference is None:
+                raise RuntimeError(f"{type(self).__name__}: no reference set (pass reference=..., e.g. "
+                                   "rlkit.optim.build_optimizer builds one from base_model)")
+            self._segs[id(p)] = list(self.reference.segments(p))
+        return self._segs[id(p)]
+
+    def _sharded(self) -> bool:
+        return bool(getattr(self.reference, "sharded", False)) and torch.distributed.is_available() \
+            and torch.distributed.is_initialized()
+
+    # ---- top-k ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _k(numel: int, p: float) -> int:
+        return min(numel, max(1, math.ceil(p * numel)))
+
+    @staticmethod
+    def _candidates(a: torch.Tensor, k: int) -> torch.Tensor:
+        """A superset of the k largest values of a (1-D, >= 0)."""
+        n = a.numel()
+        if k >= n:
+            return a
+        if n > (1 << 16) and k * 8 < n:  # cheap lower bound from a strided sample, verified below
+            s = a[:: n >> 14]
+            ks = min(s.numel(), int(k / n * s.numel() * 1.5) + 16)
+            t = torch.topk(s, ks, sorted=False).values.min()
+            cand = a[a >= t]
+            if cand.numel() >= k:
+                return cand
+        return torch.topk(a, k, sorted=False).values
+
+    def _thresholds(self, a: torch.Tensor, segs: List[Segment]) -> List[float]:
+        """Per segment: the k-th largest value of a over the *whole* model tensor (exact, also when sharded)."""
+        ks = [self._k(s.numel, self.p) for s in segs]
+        cands = [self._candidates(a.narrow(0, s.offset, s.length), min(k, s.length)) if s.length else
+                 a.new_zeros(0) for s, k in zip(segs, ks)]
+        if not self._sharded():
+            return [torch.topk(c, k, sorted=False).values.min().item() for c, k in zip(cands, ks)]
+        ids_of = self.reference.name_ids()
+        vals = torch.cat(cands + [a.new_zeros(0)]).float()
+        ids = torch.cat([torch.full((c.numel(),), ids_of[s.name], dtype=torch.int64, device=a.device)
+                         for c, s in zip(cands, segs)] + [torch.zeros(0, dtype=torch.int64, device=a.device)])
+        dist, group = torch.distributed, self.reference.group
+        world = dist.get_world_size(group)
+        size = torch.tensor([vals.numel()], dtype=torch.int64, device=a.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=group)
+        m = max(int(x) for x in sizes)
+        pv, pi = vals.new_full((m,), -1.0), ids.new_full((m,), -1)
+        pv[: vals.numel()], pi[: ids.numel()] = vals, ids
+        gv, gi = [torch.empty_like(pv) for _ in range(world)], [torch.empty_like(pi) for _ in range(world)]
+        dist.all_gather(gv, pv, group=group)
+        dist.all_gather(gi, pi, group=group)
+        v, i = torch.cat(gv), torch.cat(gi)
+        order = torch.argsort(v, descending=True, stable=True)
+        v, i = v[order], i[order]
+        order = torch.argsort(i, stable=True)
+        v, i = v[order], i[order]
+        out = []
+        for s, k in zip(segs, ks):
+            start = int(torch.searchsorted(i, torch.tensor([ids_of[s.name]], device=i.device)))
+            out.append(float(v[start + k - 1]))
+        return out
+
+    def _topk_positions(self, a: torch.Tensor, segs: List[Segment]) -> torch.Tensor:
+        thr = self._thresholds(a, segs)
+        pos = [torch.nonzero(a.narrow(0, s.offset, s.length) >= t).view(-1).add_(s.offset)
+               for s, t in zip(segs, thr) if s.length]
+        return torch.cat(pos) if pos else torch.zeros(0, dtype=torch.int64, device=a.device)
+
+    # ---- random masks -----------------------------------------------------------------------------------
+    def _mask_positions(self, segs: List[Segment], tag: str, step: int, device) -> torch.Tensor:
+        """Flat positions kept by a Bernoulli(p) mask keyed by (seed, tag, step, name, element index)."""
+        gen = torch.Generator(device=device)
+        out = []
+        for s in segs:
+            if not s.length:
+                continue
+            for c in range(s.start // _CHUNK, (s.start + s.length - 1) // _CHUNK + 1):
+                gen.manual_seed(_key(self.seed, tag, step, s.name, c) % (1 << 62))
+                n = min(_CHUNK, s.numel - c * _CHUNK)
+                g = _kept_positions(n, self.p, gen, device).add_(c * _CHUNK)
+                g = g[(g >= s.start) & (g < s.start + s.length)]
+                out.append(g.sub_(s.start - s.offset))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=device)
+
+    # ---- tau ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _init_tau(self, p, flat, segs) -> torch.Tensor:
+        tau = flat.detach().float() - self.reference.base_flat(p, segs).to(flat.device, torch.float32)
+        covered = torch.zeros_like(tau, dtype=torch.bool)
+        for s in segs:
+            covered.narrow(0, s.offset, s.length).fill_(True)
+        tau.masked_fill_(~covered, 0.0)  # padding of flat partitions
+        if self.p >= 1.0 or (self.method == "dare" and self.resample_tau):
+            return tau.to(flat.dtype)
+        idx = (self._topk_positions(tau.abs(), segs) if self.method == "ties"
+               else self._mask_positions(segs, "tau", 0, flat.device))
+        out = torch.zeros_like(tau)
+        scale = 1.0 / self.p if (self.method == "dare" and self.rescale) else 1.0
+        out[idx] = tau[idx] * scale
+        return out.to(flat.dtype)
+
+    # ---- step -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            alpha = self.alpha
+            if self.alpha_follows_lr and group.get("initial_lr"):
+                alpha = alpha * lr / group["initial_lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("online merging optimizers do not support sparse gradients")
+                flat, grad = p.data.view(-1), p.grad.reshape(-1)
+                st = self.state[p]
+                segs = self._segments(p)
+                if "step" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(flat)
+                    st["exp_avg_sq"] = torch.zeros_like(flat)
+                    if self.merge_every > 1:
+                        st["accum"] = torch.zeros_like(flat)
+                if "tau" not in st:  # after a resume it comes from the state dict
+                    st["tau"] = self._init_tau(p, flat, segs)
+                st["step"] += 1
+                step = st["step"]
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                if wd:
+                    flat.mul_(1 - lr * wd)
+                m.lerp_(grad, 1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+                delta = torch.mul(m, -lr / bc1).div_(denom)
+                if self.merge_every > 1:
+                    acc = st["accum"]
+                    if step % self.merge_every:
+                        acc.add_(delta)
+                        flat.add_(delta)
+                        continue
+                    flat.sub_(acc)           # roll back the plain steps since the last merge
+                    delta.add_(acc)
+                    acc.zero_()
+                self._apply(flat, delta, st["tau"], segs, step, alpha)
+        return loss
+
+    def _apply(self, flat, delta, tau, segs, step, alpha):
+        raise NotImplementedError
+
+
+class OnDAREAdamW(OnlineMergingAdamW):
+    """OnDARE-AdamW: random update dropout (keep prob ``p``) merged with the dropped-out tau.
+
+    ``rescale`` (default True, as the released code): kept entries of Delta and tau are divided by p, so
+    the update is unbiased for AdamW's. ``resample_tau`` (default False, as released): the tau mask is drawn
+    once at the first step (and saved with the state); True redraws it every merge.
+
+    Example::
+
+        opt = OnDAREAdamW(model.parameters(), lr=1e-6, p=0.01, alpha=1e-7,
+                          reference=rlkit.optim.SafetensorsReference(model, "path/to/base"))
+    """
+
+    method = "dare"
+
+    def _apply(self, flat, delta, tau, segs, step, alpha):
+        if self.p >= 1.0:
+            if alpha:
+                delta.mul_(1 - alpha).add_(tau, alpha=alpha)
+            flat.add_(delta)
+            return
+        scale = (1.0 / self.p) if self.rescale else 1.0
+        idx = self._mask_positions(segs, "delta", step, flat.device)
+        flat.index_add_(0, idx, delta[idx].mul_((1 - alpha) * scale))
+        if alpha:
+            if self.resample_tau:
+                ti = self._mask_positions(segs, "tau", step, flat.device)
+                flat.index_add_(0, ti, tau[ti].mul_(alpha * scale))
+            else:
+                flat.add_(tau, alpha=alpha)
+
+
+class OnTIESAdamW(OnlineMergingAdamW):
+    """OnTIES-AdamW: per-tensor top-p magnitude pruning of the update, sign election with tau, merge.
+
+    The top-k is exact per model tensor also under ZeRO sharding (candidates are gathered across ranks);
+    entries tied with the k-th largest magnitude are all kept.
+
+    Example::
+
+        opt = OnTIESAdamW(model.parameters(), lr=1e-6, p=0.01, alpha=1e-7, reference=ref)
+    """
+
+    method = "ties"
+
+    def __init__(self, *args, **kw):
+        if kw.pop("rescale", False) or kw.pop("resample_tau", False):
+            raise ValueError("OnTIES has no rescale / resample_tau options (they are OnDARE's)")
+        super().__init__(*args, rescale=False, **kw)
+
+    def _apply(self, flat, delta, tau, segs, step, alpha):
+        if self.p >= 1.0:
+            idx = torch.arange(flat.numel(), device=flat.device)
+        else:
+            idx = self._topk_positions(delta.abs(), segs)
+        d, t = delta[idx], tau[idx]
+        up = (t + d) >= 0
+        keep_d = torch.where(up, d > 0, d < 0)
+        if alpha:
+            keep_t = torch.where(up, t > 0, t < 0)
+            # tau' entries outside idx agree with themselves; inside idx they may lose the election
+            flat.add_(tau, alpha=alpha)
+            flat.index_add_(0, idx, d.mul_(keep_d).mul_(1 - alpha).sub_(t.mul_(~keep_t), alpha=alpha))
+        else:
+            flat.index_add_(0, idx, d.mul_(keep_d))
