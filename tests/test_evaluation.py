@@ -197,3 +197,106 @@ def test_bon_ties_and_majority_equivalence():
     assert min_on_last([0.3, 0.2]) and not min_on_last([0.2, 0.2]) and not min_on_last([])
     with pytest.raises(ValueError, match="aggregation"):
         best_of_n([tie], aggregations=["max"])
+
+
+# ----------------------------------------------------------------------------------------------- CLI + reports
+def cli(*argv):
+    import argparse
+
+    from rlkit import eval_cmd, label_cmd
+
+    p = argparse.ArgumentParser(prog="rlkit")
+    sub = p.add_subparsers(dest="command", required=True)
+    label_cmd.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    args = p.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_eval_processbench_cli_and_report(tmp_path, tiny_dirs, capsys):
+    d = tmp_path / "pb"
+    d.mkdir()
+    write_items(d / "cal.json", make_items("c", 4))
+    write_items(d / "test.json", make_items("t", 5))
+    out = tmp_path / "report"
+    rc = cli("eval", "processbench", "--data", d, "--threshold-split", "cal", "--reward", "qwen-prm",
+             "--reward-arg", f"model={tiny_dirs['prm']}", "--out", out)
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["splits"]) == ["test"] and m["threshold_split"] == "cal" and len(m["sweep"]) == 19
+    assert (out / "processbench.png").stat().st_size > 1000 and (out / "threshold_sweep.png").is_file()
+    assert "| test | 5 |" in (out / "report.md").read_text()
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 5
+    # the same split as threshold split and test split is refused; so are bad inputs, all with exit code 2
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert cli("eval", "processbench", "--data", d, "--splits", "test,cal", "--threshold-split", "cal",
+               "--reward", "qwen-prm", "--reward-arg", f"model={tiny_dirs['prm']}", "--out", bad) == 2
+    assert cli("eval", "processbench", "--data", tmp_path / "nope", "--reward", "qwen-prm", "--out", bad) == 2
+    assert cli("eval", "processbench", "--data", d, "--reward", "no-such-reward", "--out", bad) == 2
+    assert cli("eval", "processbench", "--data", d, "--reward", "qwen-prm", "--reward-arg", "colour=red",
+               "--out", bad) == 2
+    broken = make_items("b", 2)
+    broken[0]["label"] = "two"
+    assert cli("eval", "processbench", "--data", write_items(tmp_path / "broken.json", broken), "--reward",
+               "qwen-prm", "--reward-arg", f"model={tiny_dirs['prm']}", "--out", bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(e.startswith("rlkit eval: error: ") for e in err)
+    assert "also in --splits" in err[0] and "no such file" in err[1] and "no-such-reward" in err[2]
+    assert "colour" in err[3] and "'label' must be an int" in err[4]
+    assert not bad.exists() and not any(p.name.startswith(".bad") for p in tmp_path.iterdir())
+
+
+def test_eval_bon_cli(tmp_path, tiny_dirs):
+    rows = [{"problem": "What is 2+2?", "reference": "4",
+             "responses": ["2+2=4\n\nThe answer is \\boxed{4}.", "2+2=5\n\nThe answer is \\boxed{5}.",
+                           {"text": "So \\boxed{4}.", "correct": True}]},
+            {"problem": "What is 3+3?", "reference": "#### 6",
+             "responses": ["3+3=7\n\n\\boxed{7}", "3+3=6\n\n\\boxed{6}", "\\boxed{7}"]}]
+    data = tmp_path / "bon.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "bon-report"
+    assert cli("eval", "bon", "--data", data, "--reward", "qwen-prm", "--reward-arg",
+               f"model={tiny_dirs['prm']}", "--out", out) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pass@n"] == 1.0 and m["maj@n"] == 0.5 and m["n_responses"] == 6 and m["N"] == 3
+    assert set(m["bon"]) == {"min", "last", "product", "mean"} and (out / "bon.png").is_file()
+    data.write_text(json.dumps({"problem": "q", "responses": ["a"]}) + "\n")
+    assert cli("eval", "bon", "--data", data, "--reward", "qwen-prm", "--out", tmp_path / "x") == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_label_cli_mc_judge_consensus(tmp_path, tiny_dirs, capsys):
+    rows = [{"id": f"r{i}", "problem": "What is 2+2?", "response": "2+2=4\n\nThe answer is \\boxed{4}.",
+             "reference": "4"} for i in range(3)]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc = tmp_path / "mc.jsonl"
+    assert cli("label", "--method", "mc", "--input", inp, "--output", mc, "--completer", tiny_dirs["policy"],
+               "--n", 2, "--max-new-tokens", 4, "--limit", 2) == 0
+    assert len(mc.read_text().splitlines()) == 2
+    assert cli("label", "--method", "mc", "--input", inp, "--output", mc, "--completer", tiny_dirs["policy"],
+               "--n", 2, "--max-new-tokens", 4) == 0
+    recs = [json.loads(x) for x in mc.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["r0", "r1", "r2"] and all(r["labels"][-1] in (0, 1) for r in recs)
+    jd = tmp_path / "judge.jsonl"
+    assert cli("label", "--method", "judge", "--input", inp, "--output", jd, "--judge", tiny_dirs["policy"],
+               "--judge-arg", "max_new_tokens=4") == 0
+    assert len(jd.read_text().splitlines()) == 3  # a random critic: verdicts mostly unparsable
+    kept, rep = tmp_path / "kept.jsonl", tmp_path / "consensus.md"
+    assert cli("label", "--method", "consensus", "--mc", mc, "--judge-labels", jd, "--output", kept,
+               "--report", rep) == 0
+    assert kept.exists() and rep.read_text().startswith("# Consensus filtering")
+    capsys.readouterr()
+    # bad input: exit 2, one line, nothing written
+    out = tmp_path / "never.jsonl"
+    assert cli("label", "--method", "mc", "--input", tmp_path / "missing.jsonl", "--output", out,
+               "--completer", tiny_dirs["policy"]) == 2
+    inp.write_text(json.dumps({"id": 1, "problem": "q", "response": "a"}) + "\n")
+    assert cli("label", "--method", "mc", "--input", inp, "--output", out, "--completer", tiny_dirs["policy"]) == 2
+    inp.write_text(json.dumps(rows[0]) + "\n")
+    assert cli("label", "--method", "mc", "--input", inp, "--output", out, "--completer", tmp_path / "nomodel") == 2
+    assert cli("label", "--method", "consensus", "--mc", mc, "--output", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(e.startswith("rlkit label: error: ") for e in err)
+    assert not out.exists()

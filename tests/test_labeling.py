@@ -181,3 +181,29 @@ def test_consensus_rejects_mismatched_steps():
     b = dict(rec("x", 1), steps=["other"])
     with pytest.raises(LabelDataError, match="different steps"):
         consensus([a], [b])
+
+
+def test_judge_labels_from_llm_judge_and_resume(tmp_path):
+    from reward.labeling.judge import judge_label_items, run_judge
+    from reward.models.judge import LLMJudge
+
+    replies = {"a": "Step 2 is wrong. \\boxed{2}", "b": "All steps are correct. \\boxed{-1}", "c": "hmm, not sure"}
+
+    def gen(prompts):
+        return [next(v for k, v in replies.items() if f"QQ{k}QQ" in p) for p in prompts]
+
+    judge = LLMJudge(generate_fn=gen)
+    items = [{"id": k, "problem": f"QQ{k}QQ", "steps": ["s1", "s2", "s3"], "reference": "1"} for k in "abc"]
+    recs = judge_label_items(items, judge)
+    assert [r["earliest_error"] for r in recs] == [1, -1, None]
+    assert [r["labels"] for r in recs] == [[1, 0], [1, 1, 1], []]
+    assert recs[2]["unparsable"] and recs[0]["critique"].startswith("Step 2")
+    out = tmp_path / "judge.jsonl"
+    s1 = run_judge(items, judge, str(out), batch_size=2, limit=2)
+    assert s1["labelled"] == 2
+    s2 = run_judge(items, judge, str(out), batch_size=2)
+    assert s2 == {"total": 3, "skipped": 2, "labelled": 1, "with_error": 0, "unparsable": 1}
+    assert [r["id"] for r in read_jsonl(out)] == ["a", "b", "c"]
+    # plain callables: ints, out-of-range -> no verdict
+    recs = judge_label_items(items, lambda p, s, r: [0, 5, -1])
+    assert [r["earliest_error"] for r in recs] == [0, None, -1]
