@@ -304,10 +304,15 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     eval_ds = build_prm_dataset(eval_recs, tok, system_prompt=system_prompt, max_length=max_length,
                                 soft=soft) if eval_recs else None
     print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
-    use_cpu = not torch.cuda.is_available()
-    args = TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=use_cpu,
-                             deepspeed=_deepspeed_config(recipe.distribution), remove_unused_columns=False,
-                             **training)
+    try:  # the shared recipe -> trainer-config rules (output folder, DeepSpeed file, CPU, seed, logging)
+        from rlkit.trainers.common import trainer_args
+
+        kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False})
+    except ImportError:  # pragma: no cover - plain-python use without the recipe runner
+        kw = dict(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not torch.cuda.is_available(),
+                  deepspeed=_deepspeed_config(recipe.distribution), **training)
+    kw["remove_unused_columns"] = False
+    args = TrainingArguments(**kw)
     opt = recipe.optimizer
     opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
     trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
