@@ -113,13 +113,23 @@ def load_model(source: Any, kind: str, *, tokenizer: Any = None, device: str | t
         cls = getattr(transformers, remote_auto_class)
     else:
         cls = getattr(transformers, _AUTO_CLASSES[kind])
+    hint = ""
+    if auto_map and not trust_remote_code:
+        hint = (f" (the checkpoint ships custom code for {', '.join(getattr(config, 'architectures', None) or [])}:"
+                " set `trust_remote_code: true` if you trust it)")
     try:
-        model = cls.from_pretrained(source, dtype=dt, trust_remote_code=trust_remote_code)
+        model, info = cls.from_pretrained(source, dtype=dt, trust_remote_code=trust_remote_code,
+                                          output_loading_info=True)
     except (OSError, ValueError) as e:
-        msg = str(e).splitlines()[0]
-        if auto_map and not trust_remote_code:
-            msg += " (the checkpoint ships custom code: set `trust_remote_code: true` if you trust it)"
-        raise RewardError(f"cannot load reward model {source!r} as {cls.__name__}: {msg}") from None
+        raise RewardError(f"cannot load reward model {source!r} as {cls.__name__}: {str(e).splitlines()[0]}"
+                          f"{hint}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # e.g. a causal LM folder loaded as a classifier, or a custom-code PRM without trust_remote_code:
+        # the head would be random and every score meaningless
+        raise RewardError(f"reward model {source!r} loaded as {type(model).__name__} lacks trained weights for "
+                          f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: wrong layout for this "
+                          f"reward{hint}")
     model.to(dev)
     tok = load_tokenizer(source, tokenizer, trust_remote_code)
     return model.eval(), tok

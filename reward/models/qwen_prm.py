@@ -48,6 +48,22 @@ def format_prm_input(tokenizer: Any, question: str, steps: Sequence[str], separa
     return render_chat(tokenizer, messages)
 
 
+def _check_num_labels(path: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return  # load_model reports loading problems
+    archs = getattr(config, "architectures", None) or []
+    n = getattr(config, "num_labels", None)
+    if any("TokenClassification" in a for a in archs) and n != 2:
+        raise RewardError(f"qwen-prm model {path!r} is a token classifier with num_labels={n}; 2 are needed")
+    if any("SequenceClassification" in a for a in archs):
+        raise RewardError(f"qwen-prm model {path!r} is a sequence classifier (num_labels={n}): an outcome RM, "
+                          "use reward 'orm'")
+
+
 @register("qwen-prm")
 class QwenPRM(StepRewardModel):
     """Process reward model in the Qwen2.5-Math-PRM format: P(step correct) at each ``<extra_0>`` separator.
@@ -100,12 +116,10 @@ class QwenPRM(StepRewardModel):
         super().__init__(splitter)
         if overflow not in OVERFLOW_MODES:
             raise ValueError(f"unknown overflow mode {overflow!r} (allowed: {', '.join(OVERFLOW_MODES)})")
+        if isinstance(model, str) and not trust_remote_code:
+            _check_num_labels(model)
         self.model, self.tokenizer = load_model(model, "token-classification", tokenizer=tokenizer, device=device,
                                                 dtype=dtype, trust_remote_code=trust_remote_code)
-        num_labels = getattr(self.model.config, "num_labels", None) if hasattr(self.model, "config") else None
-        if isinstance(model, str) and num_labels is not None and num_labels < 2 and not trust_remote_code:
-            raise RewardError(f"qwen-prm model {model!r} has num_labels={num_labels}; a 2-label token classifier "
-                              "is needed (an outcome RM with one score belongs under 'orm')")
         self.separator = separator
         self.separator_id = single_token_id(self.tokenizer, separator, "qwen-prm separator")
         self.system_prompt = system_prompt
