@@ -48,9 +48,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # e.g. a client that timed out and hung up
+        pass
+
+
 @pytest.fixture()
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv = QuietServer(("127.0.0.1", 0), Handler)
     srv.requests, srv.modes = [], []
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -135,7 +140,7 @@ def test_timeout(server):
             time.sleep(1.0)
             super().do_POST()
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    srv = QuietServer(("127.0.0.1", 0), Slow)
     srv.requests, srv.modes = [], []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
