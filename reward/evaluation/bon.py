@@ -12,8 +12,8 @@ and ``scores`` (the PRM's step scores). Reported:
   final step (ties: the first minimum counts), the "PRM behaves like an outcome RM" sign.
 
 Example:
-    >>> probs = [[{"correct": False, "answer": "1", "scores": [0.9, 0.2]},
-    ...           {"correct": True, "answer": "2", "scores": [0.5, 0.8]}]]
+    >>> probs = [[{"correct": False, "answer": "1", "scores": [0.9, 0.3]},
+    ...           {"correct": True, "answer": "2", "scores": [0.4, 0.7]}]]
     >>> r = best_of_n(probs)
     >>> r["bon"]["min"], r["bon"]["last"], r["bon"]["mean"], r["pass@n"]
     (1.0, 1.0, 0.0, 1.0)
