@@ -1,0 +1,120 @@
+"""The `rlkit` command: train | check | recipes | rewards | label | eval.
+
+Examples:
+    rlkit train recipes/grpo_prm_quickstart.yaml --set training.max_steps=5
+    rlkit train grpo_prm_quickstart --set reward.name=verifier      # swap the reward model in one line
+    rlkit check my_recipe.yaml                                      # validate only, load nothing
+    rlkit recipes                                                   # shipped recipes, one line each
+    rlkit rewards                                                   # registered reward models
+
+Bad input (malformed recipe, unknown key or name, missing file) prints one line `rlkit: error: ...` and
+exits with code 2 without creating a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"rlkit: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _load(args):
+    from rlkit.config import load_recipe
+
+    return load_recipe(args.recipe, args.set)
+
+
+def cmd_check(args) -> int:
+    recipe = _load(args)
+    print(f"{args.recipe}: ok ({recipe.algorithm.name}, reward {recipe.reward.name}, "
+          f"credit {recipe.algorithm.credit}, distribution {recipe.distribution})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from rlkit.launch import train
+
+    recipe = _load(args)  # every check happens here, before any folder or model exists
+    run_dir = train(recipe, args.output_dir)
+    print(f"rlkit: run finished: {run_dir}")
+    report = run_dir / "report" / "index.md"
+    if report.is_file():
+        print(f"rlkit: report: {report}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from rlkit.config import RECIPES_DIR, shipped_recipes
+
+    for name in shipped_recipes():
+        data = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+        desc = " ".join(str(data.get("description", "")).split())
+        first = desc.split(". ")[0].rstrip(".")
+        print(f"{name:<28} {first}")
+    return 0
+
+
+def cmd_rewards(args) -> int:
+    from reward.registry import available, get_reward_class
+
+    for name in available():
+        doc = (get_reward_class(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<20} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlkit", description="RLHF for reasoning models with process reward models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, helptext in (("train", cmd_train, "validate a recipe and run it"),
+                               ("check", cmd_check, "validate a recipe without running it")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("recipe", help="recipe YAML path or shipped recipe name")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a recipe value (repeatable), e.g. --set training.max_steps=5")
+        if name == "train":
+            sp.add_argument("--output-dir", default=None, help="parent folder of the run folder (default: recipe)")
+        sp.set_defaults(func=fn)
+    sub.add_parser("recipes", help="list shipped recipes").set_defaults(func=cmd_recipes)
+    sub.add_parser("rewards", help="list registered reward models").set_defaults(func=cmd_rewards)
+    for mod in ("rlkit.label_cmd", "rlkit.eval_cmd"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        m.add_parser(sub).set_defaults(func=m.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from rlkit.config import RecipeError
+    from rlkit.data import DataError
+    from rlkit.models import ModelError
+
+    try:
+        return int(args.func(args) or 0)
+    except (RecipeError, DataError, ModelError) as e:
+        return _fail(str(e))
+    except FileNotFoundError as e:
+        return _fail(f"file not found: {e.filename or e}")
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

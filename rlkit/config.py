@@ -1,0 +1,356 @@
+"""Recipe schema: a YAML file -> validated dataclasses, with one-line errors naming the key path.
+
+Everything is checked before any model loads: unknown keys, wrong types, unknown registered names (reward,
+credit mode, optimizer, algorithm), trainer fields unknown to the TRL/transformers config, missing data files.
+
+Example:
+    >>> r = load_recipe("recipes/grpo_prm_quickstart.yaml", overrides=["training.max_steps=2"])
+    >>> r.algorithm.name, r.training["max_steps"]
+    ('grpo', 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGORITHMS = ("grpo", "ppo", "prm", "sft")
+CREDIT_MODES = ("process_grpo", "min_form", "outcome")
+OPTIMIZERS = ("adamw", "ondare", "onties")
+DISTRIBUTIONS = ("none", "zero2", "zero3")
+BACKENDS = ("hf", "vllm")
+SHAPINGS = ("none", "weighted", "qwen_math")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe problem; ``str(e)`` is the one line shown to the user."""
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from.
+
+    ``train``/``eval``: ``builtin:arithmetic`` (generated multi-step word problems with exact answers),
+    a local .jsonl/.json/.parquet file, or ``hub:<dataset id>[:<config>]``. Rows need a question and a reference
+    answer (GSM8K '#### 42' style or the bare answer), named by ``prompt_field`` / ``answer_field``.
+    """
+
+    train: str = "builtin:arithmetic"
+    eval: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    num_train: int | None = None
+    num_eval: int | None = 32
+    system_prompt: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    """The step reward model: a registered name (see ``rlkit rewards``) and its constructor arguments."""
+
+    name: str = "arithmetic"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The learning algorithm and how step scores become credit.
+
+    ``credit``: process_grpo | min_form | outcome (see rlkit/credit.py). ``aggregation``: how step scores make a
+    response score for ``outcome`` credit and for logging. ``outcome_reward``: mix in the verifier's 0/1 answer
+    check: ``none``, ``weighted`` (+ outcome_weight * r_v) or ``qwen_math`` (sigmoid(0.5 r_m) + r_v - 1).
+    ``steps_growth_warning``: warn when mean steps per response exceeds this factor of its first value.
+    """
+
+    name: str = "grpo"
+    credit: str = "process_grpo"
+    aggregation: str = "min"
+    outcome_reward: str = "none"
+    outcome_weight: float = 1.0
+    scale_rewards: bool = True
+    steps_growth_warning: float = 2.0
+
+
+@dataclass
+class OptimizerConfig:
+    """adamw | ondare | onties; ``args`` go to the optimizer (p, alpha, base_model, ... for the merging ones)."""
+
+    name: str = "adamw"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    """Rollout backend: ``hf`` (transformers generate) or ``vllm`` (``vllm_mode``: colocate or server)."""
+
+    backend: str = "hf"
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+@dataclass
+class Recipe:
+    """A whole training run. See docs/recipes.md for every key."""
+
+    name: str = "run"
+    description: str = ""
+    model: str = "embedded:smollm2-135m-instruct"
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    distribution: str = "none"
+    num_processes: int = 2
+    training: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = "runs"
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, path)
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise RecipeError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-7 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise RecipeError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise RecipeError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise RecipeError(f"unknown key '{path}' (allowed: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise RecipeError(f"--set {dotted}: '{p}' is not a mapping")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (values parsed as YAML: numbers, booleans, lists...)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``grpo_prm_quickstart``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (RECIPES_DIR / name_or_path, RECIPES_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    raise RecipeError(f"recipe file not found: {name_or_path} (shipped recipes: {', '.join(shipped_recipes())})")
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check: bool = True) -> Recipe:
+    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    p = resolve_recipe_path(str(path))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise RecipeError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return recipe_from_dict(apply_overrides(data, overrides or []), check=check, base_dir=p.parent)
+
+
+def recipe_from_dict(data: dict[str, Any], check: bool = True, base_dir: Path | None = None) -> Recipe:
+    recipe = _from_dict(Recipe, data)
+    if check:
+        validate(recipe, base_dir)
+    return recipe
+
+
+# ----------------------------------------------------------------------------------------------- semantic checks
+
+def _choice(value: str, allowed: tuple[str, ...], path: str) -> None:
+    if value not in allowed:
+        raise RecipeError(f"{path}: unknown value {value!r} (allowed: {', '.join(allowed)})")
+
+
+def trainer_config_class(algorithm: str) -> type:
+    """The TRL/transformers config dataclass whose fields a recipe's ``training:`` block may set."""
+    if algorithm == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    if algorithm == "ppo":
+        from rlkit.trainers.ppo import PRMPPOConfig
+
+        return PRMPPOConfig
+    if algorithm == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+# Keys rlkit itself fills from other parts of the recipe; setting them under training: would be ambiguous.
+_MANAGED_TRAINING_KEYS = ("output_dir", "deepspeed", "use_cpu", "use_vllm", "vllm_mode", "seed")
+
+
+def _is_simple(tp: Any) -> bool:
+    """int/float/bool/str, or an Optional/Union of them: types a recipe value can be checked against."""
+    if tp in (int, float, bool, str):
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(a in (int, float, bool, str) for a in args)
+    return False
+
+
+def _check_data_source(src: str, path: str, base_dir: Path | None) -> None:
+    from rlkit.data import BUILTIN_DATASETS
+
+    if src.startswith("builtin:"):
+        _choice(src.split(":", 1)[1], tuple(BUILTIN_DATASETS), path)
+    elif src.startswith("hub:"):
+        if len(src) <= 4:
+            raise RecipeError(f"{path}: 'hub:' needs a dataset id, e.g. hub:openai/gsm8k:main")
+    else:
+        p = Path(src)
+        if not p.is_file() and not (base_dir and (base_dir / src).is_file()):
+            raise RecipeError(f"{path}: data file not found: {src}")
+
+
+def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
+    """Semantic checks that need registries or the file system (no model is loaded)."""
+    _choice(recipe.algorithm.name, ALGORITHMS, "algorithm.name")
+    _choice(recipe.algorithm.credit, CREDIT_MODES, "algorithm.credit")
+    _choice(recipe.algorithm.outcome_reward, SHAPINGS, "algorithm.outcome_reward")
+    from reward.base import AGGREGATIONS
+
+    _choice(recipe.algorithm.aggregation, AGGREGATIONS, "algorithm.aggregation")
+    _choice(recipe.optimizer.name, OPTIMIZERS, "optimizer.name")
+    _choice(recipe.distribution, DISTRIBUTIONS, "distribution")
+    _choice(recipe.generation.backend, BACKENDS, "generation.backend")
+    _choice(recipe.generation.vllm_mode, ("colocate", "server"), "generation.vllm_mode")
+    if recipe.num_processes < 1:
+        raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
+
+    from reward.registry import available, check_reward_args
+
+    if recipe.algorithm.name in ("grpo", "ppo"):
+        if recipe.reward.name not in available():
+            raise RecipeError(f"reward.name: unknown reward {recipe.reward.name!r} "
+                              f"(registered: {', '.join(available())})")
+        problems = check_reward_args(recipe.reward.name, recipe.reward.args)
+        if problems:
+            raise RecipeError(f"reward.args: {problems[0]}")
+
+    cfg_cls = trainer_config_class(recipe.algorithm.name)
+    allowed = {f.name for f in dataclasses.fields(cfg_cls)}
+    try:
+        hints = typing.get_type_hints(cfg_cls)
+    except Exception:  # a config with unresolvable annotations: names are still checked
+        hints = {}
+    for key in list(recipe.training):
+        if key in _MANAGED_TRAINING_KEYS:
+            raise RecipeError(f"training.{key}: set by rlkit from the recipe (use the top-level keys instead)")
+        if key not in allowed:
+            close = sorted(k for k in allowed if key.split("_")[0] in k)[:8]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise RecipeError(f"unknown key 'training.{key}' for {cfg_cls.__name__}{hint}")
+        if _is_simple(hints.get(key)):
+            recipe.training[key] = _coerce(recipe.training[key], hints[key], f"training.{key}")
+
+    _check_data_source(recipe.data.train, "data.train", base_dir)
+    if recipe.data.eval:
+        _check_data_source(recipe.data.eval, "data.eval", base_dir)
+
+    from rlkit.models import check_model_name
+
+    problem = check_model_name(recipe.model)
+    if problem:
+        raise RecipeError(f"model: {problem}")
+    if recipe.optimizer.name != "adamw" and "base_model" in recipe.optimizer.args:
+        problem = check_model_name(str(recipe.optimizer.args["base_model"]))
+        if problem:
+            raise RecipeError(f"optimizer.args.base_model: {problem}")
