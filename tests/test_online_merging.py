@@ -258,3 +258,11 @@ def test_mixin_builds_recipe_optimizer_in_trainer(policy, tok, base_dir, tmp_pat
     inner = getattr(tr.optimizer, "optimizer", tr.optimizer)
     assert isinstance(inner, OnTIESAdamW)
     assert {s["step"] for s in inner.state.values()} == {2}
+
+
+def test_onties_keeps_exactly_k_with_ties_broken_by_index():
+    w, ref = _one_param([0.0] * 6, [0.0] * 6)
+    opt = OnTIESAdamW([w], lr=1.0, eps=1e-12, p=0.5, alpha=0.0, reference=ref)
+    w.grad = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # |Delta| identical everywhere
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([-1.0, 1.0, -1.0, 0.0, 0.0, 0.0]))

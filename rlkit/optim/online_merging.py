@@ -10,10 +10,10 @@ then the Adam update ``Delta`` is sparsified and merged with the reference task 
 * OnDARE: ``Delta' = Delta * m / p`` with ``m ~ Bernoulli(p)`` drawn fresh every merge;
   ``tau' = tau * m_tau / p`` with one mask drawn at the first step (``resample_tau=True`` redraws it every
   merge). ``rescale=False`` drops the ``1 / p`` factor on both.
-* OnTIES: ``Delta'`` keeps the entries with ``|Delta| >= `` the k-th largest ``|Delta|`` of each model tensor,
-  ``k = max(1, ceil(p * numel))``; ``tau'`` is the same top-p of ``tau`` (computed once). Sign election
-  per entry: ``s = +1 if tau' + Delta' >= 0 else -1`` (unweighted sum); entries of ``Delta'`` and ``tau'``
-  whose sign differs from ``s`` are dropped (zeros carry no sign and contribute nothing).
+* OnTIES: ``Delta'`` keeps the k largest ``|Delta|`` of each model tensor, ``k = max(1, ceil(p * numel))``
+  (ties at the k-th value go to the lowest flat index); ``tau'`` is the same top-p of ``tau`` (computed
+  once). Sign election per entry: ``s = +1 if tau' + Delta' >= 0 else -1`` (unweighted sum); entries of
+  ``Delta'`` and ``tau'`` whose sign differs from ``s`` are dropped (zeros have no sign, contribute nothing).
 
 Reductions: OnDARE with ``p=1, alpha=0`` is bit-for-bit ``torch.optim.AdamW(foreach=False)``; OnTIES with
 ``p=1, alpha=0`` equals AdamW only when ``tau = 0`` (the sign election still uses tau).
@@ -224,10 +224,43 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
         return out
 
     def _topk_positions(self, a: torch.Tensor, segs: List[Segment]) -> torch.Tensor:
+        """Flat positions of the top-k of a per model tensor: exactly k, ties at the threshold broken by the
+        lowest index in the flattened tensor (so the choice does not depend on sharding)."""
         thr = self._thresholds(a, segs)
-        pos = [torch.nonzero(a.narrow(0, s.offset, s.length) >= t).view(-1).add_(s.offset)
-               for s, t in zip(segs, thr) if s.length]
-        return torch.cat(pos) if pos else torch.zeros(0, dtype=torch.int64, device=a.device)
+        gt, eq = [], []
+        for s, t in zip(segs, thr):
+            v = a.narrow(0, s.offset, s.length)
+            gt.append(torch.nonzero(v > t).view(-1).add_(s.offset))
+            eq.append(torch.nonzero(v == t).view(-1).add_(s.offset))
+        n_gt = [x.numel() for x in gt]
+        n_eq = [x.numel() for x in eq]
+        if self._sharded():
+            ids_of = self.reference.name_ids()
+            stats = torch.tensor([[ids_of[s.name], s.start, g, e] for s, g, e in zip(segs, n_gt, n_eq)],
+                                 dtype=torch.int64, device=a.device).view(-1, 4)
+            dist, group = torch.distributed, self.reference.group
+            world = dist.get_world_size(group)
+            size = torch.tensor([stats.shape[0]], dtype=torch.int64, device=a.device)
+            sizes = [torch.zeros_like(size) for _ in range(world)]
+            dist.all_gather(sizes, size, group=group)
+            pad = stats.new_full((max(int(x) for x in sizes), 4), -1)
+            pad[: stats.shape[0]] = stats
+            allst = [torch.empty_like(pad) for _ in range(world)]
+            dist.all_gather(allst, pad, group=group)
+            allst = torch.cat(allst)
+            before = []
+            for s in segs:
+                same = allst[:, 0] == ids_of[s.name]
+                tot_gt = int(allst[same, 2].sum())
+                eq_before = int(allst[same & (allst[:, 1] < s.start), 3].sum())
+                before.append(tot_gt + eq_before)
+        else:
+            before = n_gt
+        out = []
+        for s, g, e, b in zip(segs, gt, eq, before):
+            take = max(0, min(e.numel(), self._k(s.numel, self.p) - b))
+            out += [g, e[:take]]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=a.device)
 
     # ---- random masks -----------------------------------------------------------------------------------
     def _mask_positions(self, segs: List[Segment], tag: str, step: int, device) -> torch.Tensor:
@@ -352,7 +385,8 @@ class OnTIESAdamW(OnlineMergingAdamW):
     """OnTIES-AdamW: per-tensor top-p magnitude pruning of the update, sign election with tau, merge.
 
     The top-k is exact per model tensor also under ZeRO sharding (candidates are gathered across ranks);
-    entries tied with the k-th largest magnitude are all kept.
+    exactly k entries are kept, ties at the k-th magnitude going to the lowest flat index. (At step 1 Adam's
+    update is ~lr * sign(g) everywhere, so many magnitudes tie there.)
 
     Example::
 
