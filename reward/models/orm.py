@@ -61,7 +61,7 @@ class OutcomeRM(ResponseAwareReward):
 
     def __init__(self, model: Any, tokenizer: Any = None, sigmoid: bool = False, system_prompt: str | None = None,
                  prefix_score: float | None = None, label: int = 0, device: str | None = None,
-                 dtype: str | None = "auto", max_length: int | None = None, token_budget: int = 16384,
+                 dtype: str | None = "auto", max_length: int | None = None, token_budget: int | None = None,
                  max_batch_size: int | None = None, trust_remote_code: bool = False,
                  splitter: StepSplitter | dict | None = None) -> None:
         super().__init__(splitter)

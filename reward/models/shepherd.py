@@ -59,7 +59,7 @@ class ShepherdPRM(StepRewardModel):
                  bad_token: str = "-", good_token_id: int | None = None, bad_token_id: int | None = None,
                  template: str = "{question} {response}", step_joiner: str = "\n", use_chat_template: bool = False,
                  device: str | None = None, dtype: str | None = "auto", max_length: int | None = None,
-                 token_budget: int = 8192, max_batch_size: int | None = None, trust_remote_code: bool = False,
+                 token_budget: int | None = None, max_batch_size: int | None = None, trust_remote_code: bool = False,
                  splitter: StepSplitter | dict | None = None) -> None:
         super().__init__(splitter)
         if not step_tag:
