@@ -116,7 +116,7 @@ def _kept_positions(n: int, p: float, gen: torch.Generator, device) -> torch.Ten
     m = int(p * n + 6 * math.sqrt(p * n) + 16)
     while last < n - 1:
         u = torch.rand(m, generator=gen, device=device, dtype=torch.float64).clamp_min_(1e-300)
-        pos = torch.floor(torch.log(u) / log1mp).to(torch.int64).add_(1).cumsum_(0).add_(last)
+        pos = torch.log(u).mul_(1.0 / log1mp).to(torch.int64).add_(1).cumsum_(0).add_(last)  # floor: >= 0
         out.append(pos)
         last = int(pos[-1])
     pos = torch.cat(out)
@@ -230,8 +230,10 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
         gt, eq = [], []
         for s, t in zip(segs, thr):
             v = a.narrow(0, s.offset, s.length)
-            gt.append(torch.nonzero(v > t).view(-1).add_(s.offset))
-            eq.append(torch.nonzero(v == t).view(-1).add_(s.offset))
+            ge = torch.nonzero(v >= t).view(-1)
+            tie = v[ge] == t
+            gt.append(ge[~tie].add_(s.offset))
+            eq.append(ge[tie].add_(s.offset))
         n_gt = [x.numel() for x in gt]
         n_eq = [x.numel() for x in eq]
         if self._sharded():
@@ -331,10 +333,15 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
                 m.lerp_(grad, 1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-                delta = torch.mul(m, -lr / bc1).div_(denom)
+
+                def delta_at(idx=None, m=m, v=v, bc1=bc1, bc2=bc2, lr=lr, eps=eps):
+                    """Adam's update, dense or only at flat positions idx (same float ops either way)."""
+                    mm, vv = (m, v) if idx is None else (m[idx], v[idx])
+                    denom = (vv.sqrt() / math.sqrt(bc2)).add_(eps)
+                    return torch.mul(mm, -lr / bc1).div_(denom)
+
                 if self.merge_every > 1:
-                    acc = st["accum"]
+                    delta, acc = delta_at(), st["accum"]
                     if step % self.merge_every:
                         acc.add_(delta)
                         flat.add_(delta)
@@ -342,10 +349,12 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
                     flat.sub_(acc)           # roll back the plain steps since the last merge
                     delta.add_(acc)
                     acc.zero_()
-                self._apply(flat, delta, st["tau"], segs, step, alpha)
+                    delta_at = (lambda idx=None, d=delta: d if idx is None else d[idx])  # noqa: E731
+                self._apply(flat, delta_at, st["tau"], segs, step, alpha)
         return loss
 
-    def _apply(self, flat, delta, tau, segs, step, alpha):
+    def _apply(self, flat, delta_at, tau, segs, step, alpha):
+        """Apply the merged update; ``delta_at(idx=None)`` gives Adam's update (dense, or at positions)."""
         raise NotImplementedError
 
 
@@ -364,15 +373,16 @@ class OnDAREAdamW(OnlineMergingAdamW):
 
     method = "dare"
 
-    def _apply(self, flat, delta, tau, segs, step, alpha):
+    def _apply(self, flat, delta_at, tau, segs, step, alpha):
         if self.p >= 1.0:
+            delta = delta_at()
             if alpha:
                 delta.mul_(1 - alpha).add_(tau, alpha=alpha)
             flat.add_(delta)
             return
         scale = (1.0 / self.p) if self.rescale else 1.0
         idx = self._mask_positions(segs, "delta", step, flat.device)
-        flat.index_add_(0, idx, delta[idx].mul_((1 - alpha) * scale))
+        flat.index_add_(0, idx, delta_at(idx).mul_((1 - alpha) * scale))  # Adam only where kept
         if alpha:
             if self.resample_tau:
                 ti = self._mask_positions(segs, "tau", step, flat.device)
@@ -400,7 +410,8 @@ class OnTIESAdamW(OnlineMergingAdamW):
             raise ValueError("OnTIES has no rescale / resample_tau options (they are OnDARE's)")
         super().__init__(*args, rescale=False, **kw)
 
-    def _apply(self, flat, delta, tau, segs, step, alpha):
+    def _apply(self, flat, delta_at, tau, segs, step, alpha):
+        delta = delta_at()
         if self.p >= 1.0:
             idx = torch.arange(flat.numel(), device=flat.device)
         else:

@@ -1,0 +1,102 @@
+"""Optimizer step time and memory of OnDARE / OnTIES vs torch AdamW on the same model, in the same run.
+
+    python benchmarks/online_merging.py                       # CPU, ~25M-parameter Qwen2, p=0.01
+    python benchmarks/online_merging.py --device cuda --hidden 1024 --layers 8
+
+Only ``optimizer.step()`` is timed (fixed random gradients, no forward/backward), round-robin over the
+optimizers so machine noise hits all of them alike; the median of ``--reps`` steps is reported after
+``--warmup`` steps (the first step also builds tau). Memory: bytes held by the optimizer state (exact), and on
+CUDA the peak allocated during a step. Goals from issue 6: OnDARE <= 1.5x, OnTIES <= 3x AdamW step time,
+one extra parameter-sized tensor (tau).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+
+def state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--p", type=float, default=0.01)
+    ap.add_argument("--alpha", type=float, default=1e-7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from rlkit import testing
+    from rlkit.optim import OnDAREAdamW, OnTIESAdamW, TensorReference
+
+    tok = testing.tiny_tokenizer()
+    model = testing.tiny_causal_lm(tok, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
+                                   num_hidden_layers=a.layers, num_attention_heads=8,
+                                   num_key_value_heads=4).to(a.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator(device="cpu").manual_seed(0)
+    base = {n: (p.detach().cpu() - 0.01 * torch.randn(p.shape, generator=g)).to(a.device)
+            for n, p in model.named_parameters()}
+    grads = [torch.randn(p.shape, generator=g).mul_(1e-3).to(a.device) for p in model.parameters()]
+
+    def make(kind):
+        m = copy.deepcopy(model)
+        for p, gr in zip(m.parameters(), grads):
+            p.grad = gr.clone()
+        if kind == "adamw":
+            return m, torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.01)
+        cls = OnDAREAdamW if kind == "ondare" else OnTIESAdamW
+        return m, cls(m.parameters(), lr=1e-5, weight_decay=0.01, p=a.p, alpha=a.alpha,
+                      reference=TensorReference(m, base))
+
+    kinds = ["adamw", "ondare", "onties"]
+    runs = {k: make(k) for k in kinds}
+    times = {k: [] for k in kinds}
+    peak = {}
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    for i in range(a.warmup + a.reps):
+        for k in kinds:
+            opt = runs[k][1]
+            if a.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            sync()
+            t = time.perf_counter()
+            opt.step()
+            sync()
+            if i >= a.warmup:
+                times[k].append(time.perf_counter() - t)
+            if a.device.startswith("cuda"):
+                peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated() - before)
+
+    print(f"model: Qwen2 hidden={a.hidden} layers={a.layers}, {n_params / 1e6:.1f}M params, device={a.device}, "
+          f"threads={torch.get_num_threads()}, p={a.p}, alpha={a.alpha}")
+    t0 = statistics.median(times["adamw"])
+    s0 = state_bytes(runs["adamw"][1])
+    for k in kinds:
+        t = statistics.median(times[k])
+        sb = state_bytes(runs[k][1])
+        line = (f"{k:7s} step {t * 1e3:8.2f} ms  ratio {t / t0:5.2f}x | optimizer state {sb / 2**20:8.1f} MiB "
+                f"ratio {sb / s0:4.2f}x (+{(sb - s0) / (4 * n_params):.2f} fp32 param-sized tensors)")
+        if k in peak:
+            line += f" | step peak {peak[k] / 2**20:.1f} MiB ratio {peak[k] / max(peak['adamw'], 1):.2f}x"
+        print(line)
+    total = {k: state_bytes(runs[k][1]) + 2 * 4 * n_params for k in kinds}  # + params + grads
+    print("memory ratio (params + grads + optimizer state): "
+          + ", ".join(f"{k} {total[k] / total['adamw']:.2f}x" for k in kinds[1:]))
+
+
+if __name__ == "__main__":
+    main()
