@@ -76,6 +76,10 @@ def test_zero_equals_single_process(setup, stage, method):
     assert info["optimizer"] == cls and ref_info["optimizer"] == cls
     assert info["zero_optimizer"] == {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}[stage]
     assert info["steps"] == [3] and ref_info["steps"] == [3]
+    # ZeRO-3: the model came from from_pretrained under zero.Init, so create_optimizer saw (0,)-shaped
+    # placeholders; the weight-decay split by name still gives a decayed and a non-decayed group
+    assert info["placeholders_at_build"] == (stage == 3)
+    assert info["group_weight_decay"] == [0.01, 0.0] == ref_info["group_weight_decay"]
     sft = load_file(f"{setup['sft']}/model.safetensors")
     assert max(float((ref[n] - w0).abs().max()) for n, w0 in sft.items()) > 1e-3  # it trained
     for name, w0 in sft.items():

@@ -53,6 +53,7 @@ def main():
         deepspeed.init_distributed()  # deepspeed.comm must know the world size before zero.Init
     # loaded after TrainingArguments: under ZeRO-3 the parameters are then (0,)-shaped placeholders
     model = AutoModelForCausalLM.from_pretrained(a.sft, dtype=torch.float32)
+    placeholders = all(p.numel() == 0 for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     # identical rows: every rank's micro-batch gives the same gradient g, DeepSpeed's average (g + g) / 2 is
     # exactly g, so single-process and ZeRO runs see bit-identical gradients and any difference comes from
@@ -68,7 +69,7 @@ def main():
         "name": a.method, "p": a.p, "alpha": a.alpha, "base_model": a.base, "seed": 0}
     tr.train()
 
-    info = {"stage": a.stage, "world": world}
+    info = {"stage": a.stage, "world": world, "placeholders_at_build": placeholders}
     if a.stage:
         engine = tr.model_wrapped
         inner = engine.optimizer.optimizer  # the torch optimizer the ZeRO optimizer steps
@@ -85,6 +86,7 @@ def main():
     info["optimizer"] = type(inner).__name__
     info["steps"] = sorted({int(s["step"]) for s in inner.state.values()})
     info["n_state_tensors"] = len(inner.state)
+    info["group_weight_decay"] = [g["weight_decay"] for g in inner.param_groups]
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         torch.save({k: v.float().cpu() for k, v in state.items()}, os.path.join(a.out, "weights.pt"))
