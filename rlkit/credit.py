@@ -161,3 +161,99 @@ def pad_steps(step_scores: list[list[float]], step_end_tokens: list[list[int]],
 
 
 CREDIT_FUNCTIONS = {"process_grpo": process_grpo, "min_form": min_form}
+
+
+# ----------------------------------------------------------------------------------------------- PPO: token rewards, GAE
+
+def place_step_rewards(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+                       token_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) token rewards: each step's reward on the completion token that ends it, 0 elsewhere.
+
+    Steps that end on the same token add up; padding steps add nothing. This is the dense PRM reward of PPO
+    (Math-Shepherd style): r[b, step_ends[b, s]] += step_rewards[b, s].
+
+    Example:
+        >>> r = torch.tensor([[0.5, 1.0]]); m = torch.ones(1, 2, dtype=torch.bool); e = torch.tensor([[1, 3]])
+        >>> place_step_rewards(r, m, e, torch.ones(1, 4))
+        tensor([[0.0000, 0.5000, 0.0000, 1.0000]])
+    """
+    _check(step_rewards, step_mask, step_ends, token_mask)
+    B, T = token_mask.shape
+    vals = torch.where(step_mask.bool(), step_rewards, torch.zeros_like(step_rewards)).to(torch.float32)
+    out = torch.zeros(B, T, dtype=vals.dtype, device=vals.device)
+    out.scatter_add_(1, step_ends.clamp(0, T - 1).long(), vals)
+    return out * token_mask.to(out.dtype)
+
+
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95, next_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over completion tokens: (advantages, returns), both (B, T).
+
+    ``values[b, t]`` is the critic's value of the state *before* token t (prompt + tokens < t) and
+    ``token_rewards[b, t]`` the reward for emitting token t. With m the token mask (real tokens first, padding
+    after), and V_{t+1} = 0 after a response's last token (terminal) unless ``next_values[b]`` is given (the value
+    of the state after the last token, to bootstrap a response that was cut off by the length limit):
+
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}        (A = 0 past the last token)
+        R_t     = A_t + V_t                              (the value target)
+
+    Padding positions get A = R = 0. gamma = lam = 1 makes A_t = (sum of rewards from t on) - V_t.
+
+    Example:
+        >>> r = torch.tensor([[0.0, 0.0, 1.0]]); v = torch.tensor([[0.5, 0.5, 0.5]])
+        >>> gae(r, v, torch.ones(1, 3), gamma=1.0, lam=1.0)[0]
+        tensor([[0.5000, 0.5000, 0.5000]])
+    """
+    if token_rewards.shape != values.shape or token_rewards.shape != token_mask.shape:
+        raise ValueError(f"gae: shapes disagree: rewards {tuple(token_rewards.shape)}, values "
+                         f"{tuple(values.shape)}, mask {tuple(token_mask.shape)}")
+    if not (torch.isfinite(token_rewards).all() and torch.isfinite(values).all()):
+        raise ValueError("gae: rewards or values contain NaN or inf")
+    m = token_mask.to(torch.float32)
+    r = token_rewards.to(torch.float32) * m
+    v = values.to(torch.float32) * m
+    B, T = r.shape
+    # V_{t+1} for every t: the next token's value where it is real, else 0 (or the bootstrap value at the last token)
+    nxt = torch.zeros_like(v)
+    if T > 1:
+        nxt[:, :-1] = v[:, 1:] * m[:, 1:]
+    if next_values is not None:
+        nxt_m = torch.zeros_like(m)
+        if T > 1:
+            nxt_m[:, :-1] = m[:, 1:]
+        is_last = m * (1.0 - nxt_m)                    # the last real token of each row
+        nxt = nxt + is_last * next_values.to(torch.float32).reshape(B, 1)
+    delta = (r + gamma * nxt - v) * m
+    adv = torch.zeros_like(v)
+    running = torch.zeros(B, dtype=v.dtype, device=v.device)
+    for t in range(T - 1, -1, -1):
+        running = delta[:, t] + gamma * lam * running * (m[:, t + 1] if t + 1 < T else 0.0)
+        adv[:, t] = running * m[:, t]
+    return adv, (adv + v) * m
+
+
+def masked_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of the masked entries of ``x`` (0 and 0 when nothing is masked in)."""
+    m = mask.to(torch.float32)
+    n = m.sum().clamp(min=1.0)
+    mean = (x.float() * m).sum() / n
+    var = (((x.float() - mean) ** 2) * m).sum() / n
+    return mean, var
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           mean: torch.Tensor | float | None = None, var: torch.Tensor | float | None = None) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over the masked entries (padding stays 0).
+
+    ``mean``/``var`` default to the masked statistics of ``x``; pass global ones to whiten a batch spread over
+    ranks the same way as the whole. ``shift_mean=False`` only rescales (keeps the mean).
+    """
+    if mean is None or var is None:
+        mean, var = masked_mean_var(x, mask)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+    var = torch.as_tensor(var, dtype=torch.float32, device=x.device)
+    out = (x.float() - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(out.dtype)
