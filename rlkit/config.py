@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-ALGORITHMS = ("grpo", "ppo", "prm", "sft")
+ALGORITHMS = ("grpo", "ppo", "prm", "sft", "orm", "critique")
 CREDIT_MODES = ("process_grpo", "min_form", "outcome")
 OPTIMIZERS = ("adamw", "ondare", "onties")
 DISTRIBUTIONS = ("none", "zero2", "zero3")
@@ -267,6 +267,14 @@ def trainer_config_class(algorithm: str) -> type:
         from trl import SFTConfig
 
         return SFTConfig
+    if algorithm == "orm":
+        from rlkit.trainers.orm import ListwiseRMConfig
+
+        return ListwiseRMConfig
+    if algorithm == "critique":
+        from rlkit.trainers.critique import CritiqueVerifierConfig
+
+        return CritiqueVerifierConfig
     from transformers import TrainingArguments
 
     return TrainingArguments

@@ -116,6 +116,14 @@ def run_worker(run_dir: Path) -> None:
         from rlkit.trainers.prm import train_prm
 
         train_prm(recipe, run_dir)
+    elif algo == "orm":
+        from rlkit.trainers.orm import train_orm
+
+        train_orm(recipe, run_dir)
+    elif algo == "critique":
+        from rlkit.trainers.critique import train_critique_verifier
+
+        train_critique_verifier(recipe, run_dir)
     else:
         raise NotImplementedError(f"algorithm {algo!r} has no runner yet")
 

@@ -1,0 +1,493 @@
+"""Listwise outcome reward model training (the Qwen2.5-Math RM recipe) on top of the transformers ``Trainer``.
+
+Data: for each problem, n sampled responses labelled correct / incorrect by the rule verifier
+(``reward.models.verifier.is_correct``, the ``verifier`` reward's check) unless a row already carries
+``correct``. Problems whose responses are all right or all wrong carry no ranking signal: they are dropped
+and counted (:func:`label_groups`).
+
+Loss, per problem with k correct responses out of n (:func:`listwise_loss`)::
+
+    L = -1 / (k (n - k)) * sum over (pos, neg) pairs of log sigmoid(r(x, y_pos) - r(x, y_neg))
+
+and the batch loss is the mean of the per-problem losses, so every problem weighs the same whatever k is.
+One training example is one whole problem (all its responses); ``per_device_train_batch_size`` counts
+problems.
+
+Head: the model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` on the policy-family
+backbone (backbone weights from the causal LM, LM head dropped, fresh head). That is the standard ``score``
+layer, a single ``Linear(h, 1)``, **not** the two-layer ``Linear(h, h) -> ReLU -> Linear(h, 1)`` head of
+Qwen2.5-Math-RM: a custom head is not loadable by ``AutoModelForSequenceClassification`` without shipping
+custom code, and the requirement here is that the saved folder loads as the ``orm`` reward with no code
+change and no ``trust_remote_code``. See docs/outcome_rms.md for the trade-off.
+
+Input layout: exactly what the ``orm`` reward scores (:func:`encode_orm_input`: the tokenizer's chat
+template of [system (optional), user = problem, assistant = response], cut from the left at ``max_length``),
+scored at the last token by the model's own pooling, right-padded like ``orm``'s batches.
+
+The saved folder (model + tokenizer) loads with ``build_reward("orm", model=<dir>)`` and works inside
+``qwen-math-shaping`` (r = sigmoid(0.5 r_m) + (r_v - 1)).
+
+Example:
+    >>> from rlkit.trainers.orm import (ListwiseRMTrainer, ListwiseRMConfig, build_orm_dataset, label_groups,
+    ...                                 orm_from_causal_lm)
+    >>> groups, stats = label_groups(rows)     # rows: {"problem", "reference", "responses": [...]}
+    >>> model, tok = orm_from_causal_lm("path/to/causal-lm")
+    >>> trainer = ListwiseRMTrainer(model=model, args=ListwiseRMConfig("out"),
+    ...                             train_dataset=build_orm_dataset(groups, tok), processing_class=tok)
+    >>> trainer.train(); trainer.save_model("out/final"); tok.save_pretrained("out/final")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from reward.labeling.io import PROBLEM_KEYS, REFERENCE_KEYS, LabelDataError, read_jsonl
+from reward.models._hf import render_chat
+
+try:  # the recipe optimizer hook (ondare/onties)
+    from rlkit.optim.trainer_hook import RecipeOptimizerMixin
+except ImportError:  # pragma: no cover
+    class RecipeOptimizerMixin:  # type: ignore[no-redef]
+        pass
+
+
+class ORMDataError(ValueError):
+    """Bad outcome-RM training data (missing field, nothing left after dropping one-class groups)."""
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def group_listwise_loss(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor | None:
+    """Listwise loss of one problem: ``-mean over (pos, neg) pairs of log sigmoid(r_pos - r_neg)``.
+
+    ``scores``: (n,) RM scores; ``correct``: (n,) bools. None when the group has no pair (all right / all wrong).
+    """
+    c = correct.bool()
+    pos, neg = scores[c], scores[~c]
+    if pos.numel() == 0 or neg.numel() == 0:
+        return None
+    return -F.logsigmoid(pos[:, None].float() - neg[None, :].float()).mean()
+
+
+def listwise_loss(scores: torch.Tensor, correct: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean over the groups in a batch of :func:`group_listwise_loss` (groups without a pair are skipped).
+
+    ``scores``, ``correct``, ``groups``: (M,) flat over all responses of the batch; ``groups[i]`` names the
+    problem of response i. A batch without any pair returns a zero that still carries the graph.
+
+    Example:
+        >>> s = torch.tensor([2.0, 0.0, 1.0, 5.0])
+        >>> round(float(listwise_loss(s, torch.tensor([1, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))), 4)
+        0.1269
+    """
+    losses = []
+    for g in torch.unique(groups):
+        m = groups == g
+        v = group_listwise_loss(scores[m], correct[m])
+        if v is not None:
+            losses.append(v)
+    if not losses:
+        return scores.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _first(row: Mapping, keys: Sequence[str]) -> Any:
+    for k in keys:
+        if row.get(k) is not None:
+            return row[k]
+    return None
+
+
+def read_group_rows(path: str | Path) -> list[dict]:
+    """Problems with their responses from a JSONL file, in one of two layouts.
+
+    Grouped (the ``rlkit eval bon`` layout): ``{"id"?, "problem", "reference", "responses": [str |
+    {"text", "correct"?}, ...]}``. Flat: one response per line, ``{"problem", "reference", "response",
+    "correct"?}``, grouped by problem text (first-seen order). ``question``/``prompt`` and
+    ``answer``/``ground_truth`` are accepted as in the labelling pipeline.
+    """
+    rows = read_jsonl(path)
+    out: list[dict] = []
+    by_problem: dict[str, dict] = {}
+    for r in rows:
+        where = f"{path}:{r['_line']}"
+        problem = _first(r, PROBLEM_KEYS)
+        if not isinstance(problem, str) or not problem.strip():
+            raise LabelDataError(f"{where}: missing field 'problem' (or question/prompt)")
+        ref = _first(r, REFERENCE_KEYS)
+        if "responses" in r:
+            if not isinstance(r["responses"], list):
+                raise LabelDataError(f"{where}: 'responses' must be a list")
+            out.append({"id": str(r.get("id", f"line-{r['_line']}")), "problem": problem,
+                        "reference": None if ref is None else str(ref), "responses": list(r["responses"])})
+        elif "response" in r:
+            g = by_problem.get(problem)
+            if g is None:
+                g = {"id": str(r.get("group_id", r.get("id", f"line-{r['_line']}"))), "problem": problem,
+                     "reference": None if ref is None else str(ref), "responses": []}
+                by_problem[problem] = g
+                out.append(g)
+            resp = {"text": r["response"]}
+            if r.get("correct") is not None:
+                resp["correct"] = bool(r["correct"])
+            g["responses"].append(resp)
+        else:
+            raise LabelDataError(f"{where}: missing field 'responses' (grouped) or 'response' (flat)")
+    return out
+
+
+def label_groups(rows: Sequence[Mapping], verify: Callable[[str, str], bool] | None = None
+                 ) -> tuple[list[dict], dict[str, int]]:
+    """Label every response with the verifier and drop groups without a (correct, incorrect) pair.
+
+    ``rows``: ``{"id"?, "problem", "reference", "responses": [str | {"text", "correct"?}]}``. A response's
+    given ``correct`` is kept; otherwise ``verify(text, reference)`` (default: the ``verifier`` reward's
+    ``is_correct``) decides, so such rows need a reference.
+
+    Returns (groups ``{"id", "problem", "reference", "responses": [str], "correct": [bool]}``, counts
+    ``{"problems", "kept", "all_correct", "all_wrong", "responses", "pairs"}``; responses/pairs count kept
+    groups only).
+    """
+    if verify is None:
+        from reward.models.verifier import is_correct as verify
+    groups, stats = [], {"problems": 0, "kept": 0, "all_correct": 0, "all_wrong": 0, "responses": 0, "pairs": 0}
+    for i, r in enumerate(rows):
+        stats["problems"] += 1
+        texts, ok = [], []
+        for resp in r["responses"]:
+            text, given = (resp.get("text"), resp.get("correct")) if isinstance(resp, Mapping) else (resp, None)
+            if not isinstance(text, str):
+                raise ORMDataError(f"problem {r.get('id', i)}: a response is not a string")
+            if given is None:
+                if r.get("reference") is None:
+                    raise ORMDataError(f"problem {r.get('id', i)}: no reference to verify responses against")
+                given = verify(text, str(r["reference"]))
+            texts.append(text)
+            ok.append(bool(given))
+        k = sum(ok)
+        if k == len(ok):
+            stats["all_correct"] += 1
+            continue
+        if k == 0:
+            stats["all_wrong"] += 1
+            continue
+        stats["kept"] += 1
+        stats["responses"] += len(ok)
+        stats["pairs"] += k * (len(ok) - k)
+        groups.append({"id": str(r.get("id", i)), "problem": r["problem"], "reference": r.get("reference"),
+                       "responses": texts, "correct": ok})
+    return groups, stats
+
+
+def encode_orm_input(tokenizer: Any, problem: str, response: str, system_prompt: str | None = None,
+                     max_length: int | None = None) -> list[int]:
+    """Token ids exactly as the ``orm`` reward builds them (``OutcomeRM.encode``), cut from the left."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": "user", "content": problem}, {"role": "assistant", "content": response}]
+    ids = tokenizer.encode(render_chat(tokenizer, messages), add_special_tokens=False)
+    return ids[-max_length:] if max_length else ids
+
+
+def build_orm_dataset(groups: Sequence[Mapping], tokenizer: Any, system_prompt: str | None = None,
+                      max_length: int | None = 2048) -> list[dict]:
+    """One example per group: ``{"input_ids": [[ids] per response], "correct": [0/1 per response]}``."""
+    out = []
+    for g in groups:
+        ids = [encode_orm_input(tokenizer, g["problem"], t, system_prompt, max_length) for t in g["responses"]]
+        out.append({"input_ids": ids, "correct": [int(c) for c in g["correct"]]})
+    return out
+
+
+class GroupCollator:
+    """Flattens a batch of groups into right-padded rows with ``correct`` and ``group`` (index in the batch)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = int(pad_token_id)
+
+    def __call__(self, feats: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        seqs, correct, group = [], [], []
+        for g, f in enumerate(feats):
+            for ids, c in zip(f["input_ids"], f["correct"]):
+                seqs.append(list(ids))
+                correct.append(int(c))
+                group.append(g)
+        n = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), n), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "correct": torch.tensor(correct),
+                "group": torch.tensor(group)}
+
+
+# ----------------------------------------------------------------------------------------------- model
+def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None):
+    """(sequence classifier with one output, tokenizer) from a causal LM (or an existing ORM) folder / name.
+
+    The backbone weights come from the causal LM (its LM head is dropped); the ``score`` head is new. An
+    existing one-output sequence classifier folder loads with its head (to continue training).
+    ``embedded:...`` names resolve through rlkit.models. The tokenizer gets a pad token when it lacks one, and
+    the model config the tokenizer's pad id (HF sequence classifiers find each row's last token through it).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = name
+    if isinstance(name, str) and name.startswith("embedded:"):
+        from rlkit.models import resolve_model
+
+        path = resolve_model(name)
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kw: dict[str, Any] = {"num_labels": 1}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+@dataclass
+class ListwiseRMConfig(TrainingArguments):
+    """``TrainingArguments`` plus the listwise RM's own fields (the recipe's ``training:`` block for
+    ``algorithm.name: orm``).
+
+    ``max_length``: longest input per response (cut from the left, like the ``orm`` reward).
+    ``eval_batch_groups``: problems per forward pass in :func:`ranking_metrics`.
+    """
+
+    max_length: int = field(default=2048, metadata={"help": "longest ORM input (tokens), cut from the left"})
+    eval_batch_groups: int = field(default=8, metadata={"help": "problems per batch when measuring ranking"})
+
+
+class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
+    """``transformers.Trainer`` with the listwise loss (:func:`listwise_loss`) and :class:`GroupCollator`.
+
+    Extra argument ``optimizer_cfg``: a recipe optimizer block (``{"name": "ondare", "args": {...}}``).
+    ``per_device_train_batch_size`` counts problems (each brings all its responses).
+    """
+
+    def __init__(self, *args: Any, optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
+        if kwargs.get("data_collator") is None:
+            tok = kwargs.get("processing_class")
+            model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
+            pad = getattr(tok, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+            kwargs["data_collator"] = GroupCollator(pad)
+        targs = kwargs.get("args")
+        if targs is not None:
+            targs.remove_unused_columns = False
+        self.rlkit_optimizer_cfg = optimizer_cfg
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean; the Trainer scales it for GA
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        correct = inputs.pop("correct")
+        groups = inputs.pop("group")
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        loss = listwise_loss(logits[:, 0], correct, groups)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, dict(inputs))
+        return loss.detach(), None, None
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def pairwise_accuracy(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]) -> float:
+    """Share of (correct, incorrect) pairs within a problem that the scores order right (ties count 1/2).
+
+    Example:
+        >>> pairwise_accuracy([[0.9, 0.1, 0.5]], [[True, False, False]])
+        1.0
+    """
+    right = total = 0.0
+    for s, c in zip(scores, correct):
+        for i, ci in enumerate(c):
+            if not ci:
+                continue
+            for j, cj in enumerate(c):
+                if cj:
+                    continue
+                total += 1
+                right += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    return right / total if total else float("nan")
+
+
+def outcome_metrics(groups: Sequence[Mapping], scores: Sequence[Sequence[float]],
+                    same: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
+    """rm@N, maj@N, pass@N (through ``reward.evaluation.bon.best_of_n``), pairwise accuracy and mean listwise
+    loss for response-level ``scores`` of ``groups`` (``{"problem", "responses", "correct"}``; an ``answers``
+    list is used for maj@N when present, else the verifier's ``extract_answer`` of each response).
+
+    rm@N is the share of problems whose top-scored response is correct (first one on ties).
+    """
+    from reward.evaluation.bon import best_of_n
+    from reward.models.verifier import extract_answer
+
+    probs = []
+    for g, s in zip(groups, scores):
+        answers = g.get("answers") or [extract_answer(t) for t in g["responses"]]
+        probs.append([{"correct": bool(c), "answer": a, "scores": [float(v)]}
+                      for c, a, v in zip(g["correct"], answers, s)])
+    res = best_of_n(probs, aggregations=("last",), min_steps=1, same=same)
+    losses = [group_listwise_loss(torch.tensor(s, dtype=torch.float64), torch.tensor(g["correct"]))
+              for g, s in zip(groups, scores)]
+    losses = [float(v) for v in losses if v is not None]
+    return {"rm@n": res["bon"]["last"], "maj@n": res["maj@n"], "pass@n": res["pass@n"],
+            "pairwise_accuracy": pairwise_accuracy(scores, [g["correct"] for g in groups]),
+            "listwise_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "n_problems": res["n_problems"], "N": res["N"]}
+
+
+@torch.no_grad()
+def model_scores(model: Any, examples: Sequence[Mapping], pad_token_id: int, batch_groups: int = 8
+                 ) -> list[list[float]]:
+    """Raw scores of every response of every example (:func:`build_orm_dataset` output), group by group."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    coll = GroupCollator(pad_token_id)
+    out: list[list[float]] = []
+    try:
+        for i in range(0, len(examples), batch_groups):
+            chunk = examples[i:i + batch_groups]
+            b = coll(chunk)
+            logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+            flat = logits[:, 0].float().cpu().tolist()
+            k = 0
+            for ex in chunk:
+                n = len(ex["input_ids"])
+                out.append(flat[k:k + n])
+                k += n
+    finally:
+        model.train(was)
+    return out
+
+
+def ranking_metrics(model: Any, groups: Sequence[Mapping], tokenizer: Any, system_prompt: str | None = None,
+                    max_length: int | None = 2048, batch_groups: int = 8) -> dict[str, Any]:
+    """:func:`outcome_metrics` of a sequence-classifier ``model`` (in memory) on labelled ``groups``."""
+    ex = build_orm_dataset(groups, tokenizer, system_prompt, max_length)
+    return outcome_metrics(groups, model_scores(model, ex, tokenizer.pad_token_id, batch_groups))
+
+
+def evaluate_outcome_rm(reward: Any, groups: Sequence[Mapping], batch_size: int = 16,
+                        same: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
+    """rm@N / maj@N / pass@N / pairwise accuracy of **any** registered reward used as an outcome RM.
+
+    ``reward``: a built StepRewardModel (e.g. ``build_reward("orm", model=...)``) or ``{"name", "args"}``.
+    Each response's value is its response-level score (``meta["response_score"]``, else the last step's).
+    ``groups``: ``{"problem", "reference"?, "responses", "correct"}`` (e.g. from :func:`label_groups`, or
+    unfiltered groups for rm@N over every problem).
+    """
+    from reward.models.composite import response_score
+    from reward.registry import build_reward
+
+    if isinstance(reward, Mapping):
+        reward = build_reward(reward["name"], **dict(reward.get("args") or {}))
+    flat = [(gi, g["problem"], t, g.get("reference")) for gi, g in enumerate(groups) for t in g["responses"]]
+    vals: list[float] = []
+    for k in range(0, len(flat), batch_size):
+        chunk = flat[k:k + batch_size]
+        refs = [c[3] for c in chunk]
+        got = reward.score([c[1] for c in chunk], [c[2] for c in chunk],
+                           refs if all(r is not None for r in refs) else None)
+        vals += [response_score(s) for s in got]
+    scores: list[list[float]] = [[] for _ in groups]
+    for (gi, *_), v in zip(flat, vals):
+        scores[gi].append(v)
+    return outcome_metrics(groups, scores, same)
+
+
+# ----------------------------------------------------------------------------------------------- recipe entry
+def _load_groups(src: str, limit: int | None) -> tuple[list[dict], dict[str, int]]:
+    rows = read_group_rows(src)
+    if limit is not None:
+        rows = rows[:limit]
+    return label_groups(rows)
+
+
+def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Train a listwise outcome RM from a recipe (``algorithm.name: orm``) into ``run_dir``; returns a summary.
+
+    ``model``: the causal LM to start from (or an ORM folder to continue). ``data.train`` / ``data.eval``:
+    JSONL of problems with responses (:func:`read_group_rows`); ``data.num_train`` / ``num_eval`` cap the
+    problems read; ``data.system_prompt``: the ORM's system turn (give the ``orm`` reward the same
+    ``system_prompt`` when scoring). ``training``: :class:`ListwiseRMConfig` fields. The final model and
+    tokenizer are saved to ``run_dir/final``, loadable with ``build_reward("orm", model=run_dir + "/final")``.
+    ``model`` / ``tokenizer`` arguments (built objects) replace the recipe's model (the critique verifier's
+    stage 2 passes its stage-1 checkpoint this way).
+    """
+    from transformers import set_seed
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+    train_groups, tstats = _load_groups(recipe.data.train, recipe.data.num_train)
+    print(f"[orm] train groups: {json.dumps(tstats)}")
+    if not train_groups:
+        raise ORMDataError(f"{recipe.data.train}: no problem has both a correct and an incorrect response "
+                           f"({tstats['all_correct']} all correct, {tstats['all_wrong']} all wrong)")
+    eval_groups, estats = ([], None)
+    if recipe.data.eval and recipe.data.num_eval != 0:
+        eval_groups, estats = _load_groups(recipe.data.eval, recipe.data.num_eval)
+        print(f"[orm] eval groups: {json.dumps(estats)}")
+    if model is None:
+        model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer)
+    sp = recipe.data.system_prompt
+    from rlkit.trainers.common import trainer_args
+
+    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False})
+    kw["remove_unused_columns"] = False
+    args = ListwiseRMConfig(**kw)
+    train_ds = build_orm_dataset(train_groups, tokenizer, sp, args.max_length)
+    opt = recipe.optimizer
+    opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
+    trainer = ListwiseRMTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                                optimizer_cfg=opt_cfg)
+
+    def measure(m):
+        if not eval_groups:
+            return None
+        return ranking_metrics(m, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
+
+    before = measure(model)
+    result = trainer.train()
+    final, tmp = run_dir / "final", run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    after = measure(trainer.model)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"model_dir": str(final), "train": tstats, "eval_groups": estats, "train_loss": result.training_loss,
+               "first_logged_loss": losses[0] if losses else None,
+               "last_logged_loss": losses[-1] if losses else None,
+               "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step}
+    if trainer.is_world_process_zero():
+        (run_dir / "orm_summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    return summary
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return str(v)
