@@ -103,6 +103,13 @@ def run_worker(run_dir: Path) -> None:
     """Build and run the trainer for ``run_dir/recipe.yaml`` (in-process, or as one accelerate worker)."""
     run_dir = Path(run_dir)
     recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), check=False)
+    if recipe.distribution != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # ZeRO-3 loads models inside deepspeed.zero.Init, which reads the world size from deepspeed.comm before
+        # the Trainer would initialise it; without this every rank sees world size 1 and DeepSpeed's batch check
+        # fails.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo")
     algo = recipe.algorithm.name
     if algo == "grpo":
         from rlkit.trainers.recipe_grpo import run_grpo

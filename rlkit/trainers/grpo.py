@@ -30,11 +30,7 @@ from reward.base import StepRewardModel, StepScores, aggregate
 from reward.models.verifier import is_correct
 from reward.steps import step_token_spans, token_char_ends
 from rlkit import credit as credit_lib
-try:  # TEMP until rlkit/optim/trainer_hook.py lands
-    from rlkit.optim.trainer_hook import RecipeOptimizerMixin
-except ImportError:
-    class RecipeOptimizerMixin:  # type: ignore[no-redef]
-        pass
+from rlkit.optim.trainer_hook import RecipeOptimizerMixin
 
 logger = logging.getLogger(__name__)
 
