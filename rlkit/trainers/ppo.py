@@ -1,0 +1,499 @@
+"""PRMPPOTrainer: PPO with a critic and dense process-reward-model rewards, built on TRL's GRPOTrainer.
+
+TRL 1.16 has no PPOTrainer. This one reuses everything of TRL's GRPOTrainer that PPO shares with GRPO
+(generation with HF generate or vLLM, the rollout buffer reused over mini-batches and epochs, the clipped
+policy loss on (B, T) advantages, reference-model handling, DeepSpeed/PEFT plumbing) and of
+:class:`rlkit.trainers.grpo.PRMGRPOTrainer` (step scoring by any ``reward.base.StepRewardModel``, each step's
+score placed on the completion token that ends it, reward-hacking monitors). What PPO adds:
+
+* a critic (value model): ``AutoModelForTokenClassification`` with one label, initialised from the policy's
+  weights (or ``critic_model``), registered as the submodule ``rlkit_critic`` of the policy so one
+  Trainer / DeepSpeed engine (ZeRO-2/3) shards, steps, checkpoints and resumes both;
+* token rewards: the PRM score of each step on its step-end token (+ the verifier's 0/1 outcome on the last step
+  with ``outcome_reward``), minus ``kl_coef * (log pi_old - log pi_ref)`` on every token;
+* GAE(gamma, lam) advantages (whitened over the whole batch, all ranks), returns as value targets;
+* loss = TRL's clipped policy loss + ``vf_coef`` * 0.5 * max((V - R)^2, (clip(V, V_old +- cliprange_value) - R)^2).
+
+Mini-epochs: one rollout (``per_device_train_batch_size * steps_per_generation`` completions per rank) is
+shuffled, split into ``steps_per_generation`` mini-batches, and swept ``num_iterations`` times (PPO epochs).
+The policy clip range is TRL's ``epsilon`` (``epsilon_high`` for an asymmetric clip).
+
+The recipe's online-merging optimizer (OnDARE/OnTIES) acts on the policy's parameters only; the critic always
+gets plain AdamW (in its own param groups, marked ``rlkit_role: critic``).
+
+Example:
+    >>> from reward.registry import build_reward
+    >>> args = PRMPPOConfig(output_dir="out", max_steps=10, kl_coef=0.05, vf_coef=0.1, gamma=1.0, lam=0.95)
+    >>> trainer = PRMPPOTrainer(model="path/to/policy", processing_class=tok, args=args, train_dataset=ds,
+    ...                         step_reward=build_reward("arithmetic", verify_final=True))
+    >>> trainer.train()
+    >>> trainer.save_model("out/policy")        # policy at out/policy, critic at out/policy/critic
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from rlkit import credit as credit_lib
+from rlkit.trainers.grpo import PRMGRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+CRITIC_ATTR = "rlkit_critic"
+CRITIC_DIR = "critic"
+
+
+@dataclass
+class PRMPPOConfig(GRPOConfig):
+    """TRL's GRPOConfig plus the PPO fields. Fields of GRPOConfig keep their meaning; PPO-relevant ones:
+    ``epsilon``/``epsilon_high`` (policy clip range), ``num_iterations`` (PPO epochs over a rollout),
+    ``steps_per_generation`` (mini-batches per rollout), ``temperature``, ``max_completion_length``,
+    ``loss_type`` (how the clipped policy loss is averaged over tokens). ``beta`` mirrors ``kl_coef``
+    (TRL builds its reference model when it is > 0); PPO never adds a KL term to the loss.
+    """
+
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE (0: one-step TD, 1: Monte Carlo)."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "Clip range of the value prediction around the rollout's old value."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "Per-token KL penalty in the reward: r_t -= kl_coef * (logp - ref_logp). "
+                                        "0 = no reference model."})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Whiten GAE advantages over the whole batch (all ranks)."})
+    critic_model: str | None = field(
+        default=None, metadata={"help": "HF folder/hub id of the critic (loaded as a 1-label token classifier; "
+                                        "must share the policy's tokenizer). None = initialise from the policy."})
+    critic_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the critic (None = learning_rate)."})
+    bootstrap_truncated: bool = field(
+        default=False, metadata={"help": "Bootstrap GAE with the critic's value after the last token of a "
+                                         "response cut off by max_completion_length (default: treat as terminal)."})
+    num_generations: int | None = field(
+        default=2, metadata={"help": "Completions per prompt (TRL needs >= 2; PPO itself does not use groups)."})
+
+    def __post_init__(self):
+        if self.beta not in (0.0, self.kl_coef):
+            raise ValueError(f"PRMPPOConfig: beta={self.beta} is TRL's KL-in-the-loss coefficient, which PPO does "
+                             f"not use; set kl_coef (the KL penalty in the reward) instead")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PRMPPOConfig: {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.kl_coef < 0 or self.vf_coef < 0 or self.cliprange_value <= 0:
+            raise ValueError("PRMPPOConfig: kl_coef and vf_coef must be >= 0 and cliprange_value > 0")
+        self.beta = self.kl_coef
+        super().__post_init__()
+
+
+# ----------------------------------------------------------------------------------------------- critic
+
+def build_critic(source: Any, seed: int = 0, dtype: torch.dtype | None = None):
+    """A value model: ``AutoModelForTokenClassification`` with one output per token, no dropout.
+
+    ``source``: an HF folder / hub id (the backbone is loaded from it, the 1-output head is new unless the folder
+    is a saved critic), or an in-memory causal LM whose backbone weights are copied.
+    """
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    torch.manual_seed(seed)  # the new head's initialisation
+    if isinstance(source, (str, Path)):
+        cfg = AutoConfig.from_pretrained(str(source), num_labels=1)
+        cfg.classifier_dropout = 0.0
+        kw = {"dtype": dtype} if dtype is not None else {}
+        critic = AutoModelForTokenClassification.from_pretrained(str(source), config=cfg, **kw)
+    else:
+        policy = source.get_base_model() if hasattr(source, "get_base_model") else source
+        cfg = copy.deepcopy(policy.config)
+        cfg.num_labels = 1
+        cfg.classifier_dropout = 0.0
+        critic = AutoModelForTokenClassification.from_config(cfg)
+        critic.base_model.load_state_dict(policy.base_model.state_dict())
+        critic.to(dtype=next(policy.parameters()).dtype, device=next(policy.parameters()).device)
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(critic)
+    return critic
+
+
+class ActorCriticOptimizer(torch.optim.Optimizer):
+    """One optimizer object over two: the policy's (e.g. OnDARE/OnTIES) and the critic's AdamW.
+
+    Its ``param_groups`` are the two optimizers' group dicts (the same objects, critic groups marked
+    ``rlkit_role: critic``), and ``state`` is shared, so LR schedulers, DeepSpeed (which swaps groups' params for
+    flat partitions and steps one group at a time) and ``state_dict``/``load_state_dict`` all see one optimizer;
+    ``step`` hands each group to the optimizer it belongs to.
+    """
+
+    def __init__(self, actor: torch.optim.Optimizer, critic: torch.optim.Optimizer):
+        for g in critic.param_groups:
+            g["rlkit_role"] = "critic"
+        self.actor, self.critic = actor, critic
+        # torch.optim.Optimizer.__init__ adds the group dicts as they are (same objects)
+        super().__init__(list(actor.param_groups) + list(critic.param_groups), dict(actor.defaults))
+
+    def add_param_group(self, param_group: dict) -> None:
+        # groups come complete from the inner optimizers: keep the dict object (no defaults filled in)
+        if not hasattr(self, "param_groups"):
+            self.param_groups = []
+        if isinstance(param_group["params"], torch.Tensor):
+            param_group["params"] = [param_group["params"]]
+        self.param_groups.append(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt, want_critic in ((self.actor, False), (self.critic, True)):
+            groups = [g for g in self.param_groups if (g.get("rlkit_role") == "critic") == want_critic]
+            if not groups:
+                continue
+            saved = opt.param_groups
+            opt.param_groups, opt.state = groups, self.state
+            try:
+                opt.step()
+            finally:
+                opt.param_groups = saved
+        return loss
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+class PRMPPOTrainer(PRMGRPOTrainer):
+    """PPO with a critic and dense PRM step rewards (see the module docstring).
+
+    Args:
+        args: a :class:`PRMPPOConfig`.
+        critic: an already built value model (``build_critic``); default from ``args.critic_model`` or the policy.
+        step_reward, aggregation, outcome_reward, outcome_weight, steps_growth_warning, optimizer_cfg: as in
+            :class:`PRMGRPOTrainer` (``outcome_reward`` adds the verifier's check to the last step's reward;
+            ``aggregation`` only feeds logging / the PRM verdict). Everything else goes to ``trl.GRPOTrainer``.
+
+    Hooks a subclass may override: :meth:`score_completions`, :meth:`token_rewards` (step scores -> (B, T) token
+    rewards before the KL penalty), :meth:`log_step_metrics`.
+    """
+
+    def __init__(self, *, model: Any, args: PRMPPOConfig, critic: Any = None, **kwargs: Any) -> None:
+        if not isinstance(args, PRMPPOConfig):
+            raise TypeError(f"PRMPPOTrainer needs a PRMPPOConfig, got {type(args).__name__}")
+        kwargs.pop("credit", None)
+        kwargs.pop("scale_rewards", None)
+        # TRL builds the reference model from the policy's path; an in-memory policy without one gets a copy here
+        own_ref = args.kl_coef > 0 and not isinstance(model, str) and not _has_path(model)
+        if own_ref:
+            args.beta = 0.0
+        super().__init__(model=model, args=args, **kwargs)
+        args.beta = args.kl_coef
+        self.beta = 0.0  # the KL penalty goes into the reward (below), never into TRL's loss
+        self.kl_coef = args.kl_coef
+        if own_ref:
+            if self.is_deepspeed_enabled:
+                raise ValueError("kl_coef > 0 under DeepSpeed needs the policy as a path (the reference model is "
+                                 "loaded from it)")
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        if critic is None:
+            src = args.critic_model or (_policy_path(self.model) or self.model)
+            critic = build_critic(src, seed=args.seed, dtype=self.model.dtype)
+        if not self.is_deepspeed_enabled:
+            critic.to(self.accelerator.device)
+        self.model.add_module(CRITIC_ATTR, critic)
+        self._ppo_metrics_local: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def critic(self):
+        """The value model (a submodule of the policy, so one engine trains and checkpoints both)."""
+        return getattr(self.accelerator.unwrap_model(self.model), CRITIC_ATTR)
+
+    def _critic_of(self, model):
+        mod = self.accelerator.unwrap_model(model)
+        if hasattr(mod, "get_base_model") and not hasattr(mod, CRITIC_ATTR):
+            mod = mod.get_base_model()
+        return getattr(mod, CRITIC_ATTR)
+
+    def _values(self, model, input_ids, attention_mask, n_keep: int) -> torch.Tensor:
+        """(B, n_keep) critic outputs at the last ``n_keep`` positions; position p holds V(tokens[:p+1])."""
+        out = self._critic_of(model)(input_ids=input_ids, attention_mask=attention_mask)
+        return out.logits[:, -n_keep:, 0].float()
+
+    def _ref_logps(self, input_ids, attention_mask, n_keep: int, batch_size: int | None) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._get_per_token_logps_and_entropies(self.ref_model, input_ids, attention_mask, n_keep,
+                                                           batch_size=batch_size)[0]
+        from trl.trainer.utils import use_adapter
+
+        unwrapped = self.accelerator.unwrap_model(self.model)  # PEFT: the base model is the reference
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask, n_keep,
+                                                           batch_size=batch_size)[0]
+
+    def token_rewards(self, step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+                      token_mask: torch.Tensor, verified: torch.Tensor | None) -> torch.Tensor:
+        """Hook: (B, T) token rewards from padded step tensors (before the KL penalty)."""
+        if verified is not None and self.outcome_reward != "none":
+            step_rewards = credit_lib.shape_with_outcome(step_rewards, step_mask, verified, self.outcome_reward,
+                                                         self.outcome_weight)
+        return credit_lib.place_step_rewards(step_rewards, step_mask, step_ends, token_mask)
+
+    def _global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = mask.float()
+        s = torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).to(self.accelerator.device)
+        s = self.accelerator.reduce(s, reduction="sum") if self.accelerator.num_processes > 1 else s
+        n = s[2].clamp(min=1.0)
+        mean = s[0] / n
+        return mean.cpu(), (s[1] / n - mean * mean).clamp(min=0.0).cpu()
+
+    # ------------------------------------------------------------------ rollout
+    def _generate_and_score_completions(self, inputs):
+        out = GRPOTrainer._generate_and_score_completions(self, inputs)  # TRL's rollout; its advantages unused
+        from accelerate.utils import gather_object
+
+        mode = "train" if self.model.training else "eval"
+        local = self._pending or []
+        self._pending = None
+        prompt_ids, prompt_mask = out["prompt_ids"], out["prompt_mask"]
+        completion_ids, cmask = out["completion_ids"], out["completion_mask"]
+        B, T = completion_ids.shape
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attn = torch.cat([prompt_mask, cmask], dim=1)
+        bs = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with torch.no_grad():
+            old_logps = out.get("old_per_token_logps")
+            if old_logps is None and self.kl_coef > 0:
+                old_logps = self._get_per_token_logps_and_entropies(self.model, input_ids, attn, T,
+                                                                    batch_size=bs)[0]
+            ref_logps = self._ref_logps(input_ids, attn, T, bs) if self.kl_coef > 0 else None
+            values_all = torch.cat([self._values(self.model, input_ids[i:i + bs], attn[i:i + bs], T + 1)
+                                    for i in range(0, B, bs)], dim=0)
+        device = completion_ids.device
+        m = cmask.float()
+        rewards, smask, ends = credit_lib.pad_steps([it["scores"] for it in local], [it["ends"] for it in local])
+        ends = ends.clamp(max=T - 1)
+        verified = None
+        if local and all(it["verified"] is not None for it in local):
+            verified = torch.tensor([it["verified"] for it in local], dtype=torch.float32)
+        score_r = self.token_rewards(rewards, smask, ends, m.cpu(), verified).to(device)
+        kl = torch.zeros_like(m) if ref_logps is None else (old_logps - ref_logps).float() * m
+        token_r = score_r - self.kl_coef * kl
+        values = values_all[:, :T] * m
+        lengths = m.sum(1).long()
+        next_values = None
+        if self.args.bootstrap_truncated:
+            eos = torch.tensor(self.eos_token_ids if isinstance(self.eos_token_ids, list) else [self.eos_token_ids],
+                               device=device)
+            last_tok = completion_ids.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
+            truncated = ~torch.isin(last_tok, eos) & (lengths > 0)
+            next_values = values_all.gather(1, lengths[:, None])[:, 0] * truncated.float()
+        adv, returns = credit_lib.gae(token_r, values, m, self.args.gamma, self.args.lam, next_values)
+        raw_adv = adv
+        if self.args.whiten_advantages:
+            mean, var = self._global_mean_var(adv, m)
+            adv = credit_lib.whiten(adv, m, mean=mean.to(device), var=var.to(device))
+        out["advantages"] = adv
+        out["old_values"] = values.detach()
+        out["returns"] = returns.detach()
+
+        metrics = self._metrics[mode]
+        n_resp = torch.tensor(float(B), device=device)
+
+        def gmean(x_sum: torch.Tensor, count: torch.Tensor) -> float:
+            t = torch.stack([x_sum.float(), count.float()]).to(self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                t = self.accelerator.reduce(t, reduction="sum")
+            return (t[0] / t[1].clamp(min=1.0)).item()
+
+        metrics["ppo/kl"].append(gmean(kl.sum(), n_resp))                      # per response (sum over tokens)
+        metrics["ppo/score_reward"].append(gmean(score_r.sum(), n_resp))
+        metrics["ppo/total_reward"].append(gmean(token_r.sum(), n_resp))
+        metrics["ppo/value_mean"].append(gmean((values * m).sum(), m.sum()))
+        metrics["ppo/returns_mean"].append(gmean((returns * m).sum(), m.sum()))
+        metrics["ppo/advantages_mean_raw"].append(gmean((raw_adv * m).sum(), m.sum()))
+        self.log_step_metrics(gather_object(local), mode)
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        policy_loss = super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"].float()
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        values = self._values(model, input_ids, attn, completion_ids.size(1))
+        old, ret = inputs["old_values"], inputs["returns"]
+        clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
+        vf_losses = torch.max((values - ret) ** 2, (clipped - ret) ** 2)
+        n_tok = mask.sum().clamp(min=1.0)
+        vf_loss = 0.5 * (vf_losses * mask).sum() / n_tok
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = policy_loss + self.args.vf_coef * vf_loss / normalizer
+
+        with torch.no_grad():
+            clipfrac = (((values - ret) ** 2 < (clipped - ret) ** 2).float() * mask).sum() / n_tok
+            stats = torch.stack([vf_loss.detach(), clipfrac, policy_loss.detach() * normalizer])
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="mean")
+        metrics = self._metrics[mode]
+        metrics["value_loss"].append(stats[0].item())
+        metrics["ppo/vf_clipfrac"].append(stats[1].item())
+        metrics["ppo/policy_loss"].append(stats[2].item())
+        return loss
+
+    # ------------------------------------------------------------------ optimizer: merging acts on the policy only
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        policy = self.model if model is None else model
+        policy = policy.get_base_model() if hasattr(policy, "get_base_model") and \
+            not hasattr(policy, CRITIC_ATTR) else policy
+        critic = policy._modules.pop(CRITIC_ATTR)
+        try:
+            actor_opt = super().create_optimizer(model)  # the recipe's optimizer (or AdamW) over the policy alone
+        finally:
+            policy.add_module(CRITIC_ATTR, critic)
+        a = self.args
+        lr = a.critic_learning_rate if a.critic_learning_rate is not None else a.learning_rate
+        decay = set(self.get_decay_parameter_names(critic))
+        named = [(n, p) for n, p in critic.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": a.weight_decay, "lr": lr},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, "lr": lr}]
+        groups = [g for g in groups if g["params"]]
+        if type(actor_opt) is torch.optim.AdamW:
+            for g in groups:
+                actor_opt.add_param_group({**g, "rlkit_role": "critic"})
+            self.optimizer = actor_opt
+        else:
+            critic_opt = torch.optim.AdamW(groups, lr=lr, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
+            self.optimizer = ActorCriticOptimizer(actor_opt, critic_opt)
+        return self.optimizer
+
+    # ------------------------------------------------------------------ saving / resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The policy as a plain HF folder (no critic keys) at ``output_dir``; the critic at ``output_dir/critic``."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        holder = self.accelerator.unwrap_model(self.model)
+        if not hasattr(holder, CRITIC_ATTR) and hasattr(holder, "get_base_model"):
+            holder = holder.get_base_model()
+        given = state_dict is not None
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        prefixes = [f"{CRITIC_ATTR}.", f"base_model.model.{CRITIC_ATTR}."]
+        critic_sd, policy_sd = {}, {}
+        for k, v in state_dict.items():
+            pre = next((p for p in prefixes if k.startswith(p)), None)
+            if pre is None:
+                policy_sd[k] = v
+            else:
+                critic_sd[k[len(pre):]] = v
+        critic = holder._modules.pop(CRITIC_ATTR)
+        try:
+            super()._save(output_dir, state_dict=policy_sd if (given or critic_sd) else None)
+        finally:
+            holder.add_module(CRITIC_ATTR, critic)
+        if critic_sd or not given:
+            critic.save_pretrained(os.path.join(output_dir, CRITIC_DIR), state_dict=critic_sd or None)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Without DeepSpeed: the policy from the checkpoint folder, the critic from its ``critic/`` subfolder
+        (under DeepSpeed the engine checkpoint restores both)."""
+        holder = model if model is not None else self.model
+        if not hasattr(holder, CRITIC_ATTR) and hasattr(holder, "get_base_model"):
+            holder = holder.get_base_model()
+        critic = holder._modules.pop(CRITIC_ATTR)
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            holder.add_module(CRITIC_ATTR, critic)
+        path = os.path.join(resume_from_checkpoint, CRITIC_DIR, "model.safetensors")
+        if os.path.isfile(path):
+            from safetensors.torch import load_file
+
+            critic.load_state_dict(load_file(path))
+        else:
+            logger.warning("checkpoint %s has no critic (%s/); the critic starts from its initialisation",
+                           resume_from_checkpoint, CRITIC_DIR)
+
+
+def _has_path(model) -> bool:
+    return bool(_policy_path(model))
+
+
+def _policy_path(model) -> str | None:
+    """The folder/hub id the policy was loaded from, if any."""
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "_name_or_path", "") or getattr(cfg, "name_or_path", "")
+    return name or None
+
+
+# ----------------------------------------------------------------------------------------------- recipe runner
+
+PPO_DEFAULTS = dict(num_generations=2, per_device_train_batch_size=4, max_completion_length=128,
+                    learning_rate=1e-6, max_steps=20, temperature=1.0)
+
+
+def build_ppo_trainer(recipe, run_dir: Path) -> PRMPPOTrainer:
+    """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend).
+    PPO fields (gamma, lam, vf_coef, kl_coef, critic_model, ...) go under the recipe's ``training:`` block."""
+    from rlkit.models import load_tokenizer, resolve_model
+    from rlkit.trainers.common import build_step_reward, load_datasets, trainer_args
+
+    kw = trainer_args(recipe, run_dir, PPO_DEFAULTS)
+    if recipe.generation.backend == "vllm":
+        from rlkit.vllm_support import prepare_vllm
+
+        prepare_vllm()
+        kw.update(use_vllm=True, vllm_mode=recipe.generation.vllm_mode,
+                  vllm_gpu_memory_utilization=recipe.generation.vllm_gpu_memory_utilization)
+    if kw.get("critic_model"):
+        kw["critic_model"] = resolve_model(str(kw["critic_model"]))
+    train_ds, _ = load_datasets(recipe)
+    alg = recipe.algorithm
+    return PRMPPOTrainer(
+        model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
+        args=PRMPPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
+        aggregation=alg.aggregation, outcome_reward=alg.outcome_reward, outcome_weight=alg.outcome_weight,
+        steps_growth_warning=alg.steps_growth_warning,
+        optimizer_cfg=None if recipe.optimizer.name == "adamw" and not recipe.optimizer.args
+        else {"name": recipe.optimizer.name, **recipe.optimizer.args})
+
+
+def run_ppo(recipe, run_dir: Path) -> None:
+    """What ``rlkit train`` runs for ``algorithm: ppo``: train, save ``policy/`` (+ ``policy/critic/``), report."""
+    from rlkit import report
+    from rlkit.models import resolve_model
+    from rlkit.trainers.common import load_datasets
+
+    run_dir = Path(run_dir)
+    _, eval_ds = load_datasets(recipe)
+    trainer = build_ppo_trainer(recipe, run_dir)
+    is_main = trainer.accelerator.is_main_process
+    max_new = trainer.args.max_completion_length
+    before = None
+    if is_main and eval_ds is not None:
+        before = report.evaluate_policy(resolve_model(recipe.model), trainer.processing_class, eval_ds,
+                                        trainer.step_reward, max_new_tokens=max_new, label="before training")
+    trainer.train()
+    policy_dir = run_dir / "policy"
+    trainer.save_model(str(policy_dir))
+    if is_main:
+        trainer.processing_class.save_pretrained(str(policy_dir))
+        after = None
+        if eval_ds is not None:
+            after = report.evaluate_policy(str(policy_dir), trainer.processing_class, eval_ds,
+                                           trainer.step_reward, max_new_tokens=max_new, label="after training")
+        report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
+        (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    trainer.accelerator.wait_for_everyone()
