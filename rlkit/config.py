@@ -320,6 +320,12 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     _choice(recipe.distribution, DISTRIBUTIONS, "distribution")
     _choice(recipe.generation.backend, BACKENDS, "generation.backend")
     _choice(recipe.generation.vllm_mode, ("colocate", "server"), "generation.vllm_mode")
+    if recipe.generation.backend == "vllm":
+        from rlkit.vllm_support import vllm_problem
+
+        problem = vllm_problem(recipe.generation.vllm_mode)
+        if problem:
+            raise RecipeError(problem)
     if recipe.num_processes < 1:
         raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
 

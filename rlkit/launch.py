@@ -82,13 +82,20 @@ def accelerate_command(recipe: Recipe, run_dir: Path) -> list[str]:
     return cmd
 
 
-def train(recipe: Recipe, output_dir: str | None = None) -> Path:
-    """Run a recipe end to end; returns the run folder. Raises on failure (the folder keeps the logs)."""
+def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | None = None) -> Path:
+    """Run a recipe end to end; returns the run folder. Raises on failure (the folder keeps the logs).
+
+    ``trainer_cls``: a subclass of the algorithm's trainer to use instead (in-process runs; for multi-process
+    runs put the subclass in your own script and start it with ``accelerate launch``).
+    """
     run_dir = new_run_dir(recipe, output_dir)
     write_run_files(recipe, run_dir)
     if recipe.distribution == "none":
-        run_worker(run_dir)
+        run_worker(run_dir, trainer_cls)
         return run_dir
+    if trainer_cls is not None:
+        raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
+                         "distributed runs")
     env = dict(os.environ)
     if not cuda_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -99,7 +106,7 @@ def train(recipe: Recipe, output_dir: str | None = None) -> Path:
     return run_dir
 
 
-def run_worker(run_dir: Path) -> None:
+def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:
     """Build and run the trainer for ``run_dir/recipe.yaml`` (in-process, or as one accelerate worker)."""
     run_dir = Path(run_dir)
     recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), check=False)
@@ -114,11 +121,11 @@ def run_worker(run_dir: Path) -> None:
     if algo == "grpo":
         from rlkit.trainers.recipe_grpo import run_grpo
 
-        run_grpo(recipe, run_dir)
+        run_grpo(recipe, run_dir, trainer_cls)
     elif algo == "ppo":
         from rlkit.trainers.ppo import run_ppo
 
-        run_ppo(recipe, run_dir)
+        run_ppo(recipe, run_dir, **({"trainer_cls": trainer_cls} if trainer_cls else {}))
     elif algo == "prm":
         from rlkit.trainers.prm import train_prm
 

@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 import torch
 
 from .online_merging import OnDAREAdamW, OnTIESAdamW, TensorReference
-from .zero_mapping import SafetensorsReference
+from .zero_mapping import NoBase, SafetensorsReference
 
 __all__ = ["build_optimizer", "RecipeOptimizerMixin", "decay_parameter_names", "OPTIMIZERS"]
 
@@ -103,13 +103,15 @@ def build_optimizer(model: torch.nn.Module, cfg: Optional[dict], lr: float, weig
                 "update-dropout-only variant explicitly: {name: ondare, alpha: 0} (no base_model needed), "
                 "or train the full model.")
         ref = TensorReference(model, {})
-    elif name == "ondare" and alpha == 0.0 and not cfg.get("base_model"):
-        ref = TensorReference(model, lambda n, s, k: torch.zeros(k))  # tau unused when alpha = 0
     else:
-        if not cfg.get("base_model"):
+        if name == "ondare" and alpha == 0.0 and not cfg.get("base_model"):
+            base = NoBase(model)  # tau unused when alpha = 0
+        elif not cfg.get("base_model"):
             raise ValueError(f"optimizer {name}: 'base_model' (HF folder or hub id of the pretrained model) is "
                              "required to compute tau = theta_SFT - theta_base")
-        ref = SafetensorsReference(model, cfg["base_model"])
+        else:
+            base = cfg["base_model"]
+        ref = SafetensorsReference(model, base)
         if trainer is not None:
             ref.attach_trainer(trainer)
         if engine is not None:

@@ -96,6 +96,24 @@ def _full_shape(p: torch.Tensor) -> tuple:
     return tuple(getattr(p, "ds_shape", None) or p.shape)
 
 
+class NoBase(SafetensorsBase):
+    """Stand-in base for OnDARE with alpha = 0 (tau unused): every policy tensor exists and reads as zeros.
+
+    Goes through :class:`SafetensorsReference`, so the optimizer still finds DeepSpeed's flat partitions.
+    """
+
+    def __init__(self, model: torch.nn.Module):  # no files to open: deliberately skips the parent __init__
+        self.path = "<no base model: alpha = 0>"
+        self.files = {}
+        self._shapes = {n: _full_shape(t) for n, t in model.named_parameters()}
+
+    def shape(self, name: str) -> Optional[tuple]:
+        return self._shapes.get(name)
+
+    def read_flat(self, name: str, start: int, length: int) -> torch.Tensor:
+        return torch.zeros(length)
+
+
 class SafetensorsReference:
     """Reference for online merging: names/shards of the optimizer's tensors and base weights from safetensors.
 

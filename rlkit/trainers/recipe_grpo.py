@@ -12,8 +12,9 @@ GRPO_DEFAULTS = dict(num_generations=4, per_device_train_batch_size=4, max_compl
                      learning_rate=1e-5, max_steps=20, temperature=1.0, beta=0.0)
 
 
-def build_grpo_trainer(recipe: Recipe, run_dir: Path):
-    """The PRMGRPOTrainer a recipe describes (model, data, reward, credit, optimizer, generation backend)."""
+def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None = None):
+    """The PRMGRPOTrainer (or ``trainer_cls``, a subclass) a recipe describes: model, data, reward, credit,
+    optimizer, generation backend."""
     from trl import GRPOConfig
 
     from rlkit.models import load_tokenizer, resolve_model
@@ -23,12 +24,12 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path):
     if recipe.generation.backend == "vllm":
         from rlkit.vllm_support import prepare_vllm
 
-        prepare_vllm()
+        prepare_vllm(recipe.generation.vllm_mode)
         kw.update(use_vllm=True, vllm_mode=recipe.generation.vllm_mode,
                   vllm_gpu_memory_utilization=recipe.generation.vllm_gpu_memory_utilization)
     train_ds, _ = load_datasets(recipe)
     alg = recipe.algorithm
-    return PRMGRPOTrainer(
+    return (trainer_cls or PRMGRPOTrainer)(
         model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
         args=GRPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
         credit=alg.credit, aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
@@ -38,12 +39,22 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path):
         else {"name": recipe.optimizer.name, **recipe.optimizer.args})
 
 
-def run_grpo(recipe: Recipe, run_dir: Path) -> None:
+def run_info(trainer) -> dict:
+    """What actually ran: the optimizer class DeepSpeed/accelerate step (wrappers unwrapped), world size..."""
+    opt = trainer.optimizer
+    while hasattr(opt, "optimizer") and opt.optimizer is not opt:
+        opt = opt.optimizer
+    return {"optimizer": type(opt).__name__, "world_size": trainer.accelerator.num_processes,
+            "deepspeed": trainer.is_deepspeed_enabled, "trainer": type(trainer).__name__,
+            "use_vllm": bool(trainer.args.use_vllm), "global_step": trainer.state.global_step}
+
+
+def run_grpo(recipe: Recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
     from rlkit import report
     from rlkit.models import resolve_model
 
     _, eval_ds = load_datasets(recipe)
-    trainer = build_grpo_trainer(recipe, run_dir)
+    trainer = build_grpo_trainer(recipe, run_dir, trainer_cls)
     is_main = trainer.accelerator.is_main_process
     max_new = trainer.args.max_completion_length
     before = None
@@ -63,4 +74,5 @@ def run_grpo(recipe: Recipe, run_dir: Path) -> None:
                                            trainer.step_reward, max_new_tokens=max_new, label="after training")
         report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
         (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        (run_dir / "run_info.json").write_text(json.dumps(run_info(trainer), indent=1))
     trainer.accelerator.wait_for_everyone()
