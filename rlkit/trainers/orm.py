@@ -27,14 +27,15 @@ scored at the last token by the model's own pooling, right-padded like ``orm``'s
 The saved folder (model + tokenizer) loads with ``build_reward("orm", model=<dir>)`` and works inside
 ``qwen-math-shaping`` (r = sigmoid(0.5 r_m) + (r_v - 1)).
 
-Example:
-    >>> from rlkit.trainers.orm import (ListwiseRMTrainer, ListwiseRMConfig, build_orm_dataset, label_groups,
-    ...                                 orm_from_causal_lm)
-    >>> groups, stats = label_groups(rows)     # rows: {"problem", "reference", "responses": [...]}
-    >>> model, tok = orm_from_causal_lm("path/to/causal-lm")
-    >>> trainer = ListwiseRMTrainer(model=model, args=ListwiseRMConfig("out"),
-    ...                             train_dataset=build_orm_dataset(groups, tok), processing_class=tok)
-    >>> trainer.train(); trainer.save_model("out/final"); tok.save_pretrained("out/final")
+Example (sketch; ``rows`` as read by :func:`read_group_rows`)::
+
+    from rlkit.trainers.orm import (ListwiseRMConfig, ListwiseRMTrainer, build_orm_dataset, label_groups,
+                                    orm_from_causal_lm)
+    groups, stats = label_groups(rows)          # rows: {"problem", "reference", "responses": [...]}
+    model, tok = orm_from_causal_lm("path/to/causal-lm")
+    trainer = ListwiseRMTrainer(model=model, args=ListwiseRMConfig("out"),
+                                train_dataset=build_orm_dataset(groups, tok), processing_class=tok)
+    trainer.train(); trainer.save_model("out/final"); tok.save_pretrained("out/final")
 """
 
 from __future__ import annotations
