@@ -1,4 +1,4 @@
-"""The `rlkit` command: train | check | recipes | rewards | label | eval.
+"""The `rlkit` command: train | check | recipes | rewards | label | eval | select.
 
 Examples:
     rlkit train recipes/grpo_prm_quickstart.yaml --set training.max_steps=5
@@ -19,7 +19,6 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
 
 EXIT_USAGE = 2
 
@@ -55,12 +54,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from rlkit.config import RECIPES_DIR, shipped_recipes
+    from rlkit.config import RECIPES_DIR, shipped_recipes, yaml_load
 
     for name in shipped_recipes():
-        data = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+        data = yaml_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
         desc = " ".join(str(data.get("description", "")).split())
         first = desc.split(". ")[0].rstrip(".")
+        if len(first) > 100:
+            first = first[:97].rstrip() + "..."
         print(f"{name:<28} {first}")
     return 0
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
     sub.add_parser("recipes", help="list shipped recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("rewards", help="list registered reward models").set_defaults(func=cmd_rewards)
-    for mod in ("rlkit.label_cmd", "rlkit.eval_cmd"):
+    for mod in ("rlkit.label_cmd", "rlkit.eval_cmd", "rlkit.select_cmd"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from rlkit.config import Recipe, recipe_from_dict
+from rlkit.config import Recipe, recipe_from_dict, yaml_load
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -109,7 +109,7 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
 def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:
     """Build and run the trainer for ``run_dir/recipe.yaml`` (in-process, or as one accelerate worker)."""
     run_dir = Path(run_dir)
-    recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), check=False)
+    recipe = recipe_from_dict(yaml_load((run_dir / RECIPE_FILE).read_text()), check=False)
     if recipe.distribution != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # ZeRO-3 loads models inside deepspeed.zero.Init, which reads the world size from deepspeed.comm before
         # the Trainer would initialise it; without this every rank sees world size 1 and DeepSpeed's batch check

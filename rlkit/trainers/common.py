@@ -29,9 +29,23 @@ def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dic
 
 
 def build_step_reward(recipe: Recipe):
-    from reward.registry import build_reward
+    """The recipe's reward model, as a plain replicated module on this rank's device.
 
-    return build_reward(recipe.reward.name, **recipe.reward.args)
+    Call it BEFORE creating a DeepSpeed-enabled trainer config: transformers loads every model created after a
+    ZeRO-3 ``TrainingArguments`` inside ``deepspeed.zero.Init``, which would shard the reward model into
+    (0,)-shaped placeholders that no engine gathers. On multi-GPU runs each rank's reward model goes to its own
+    GPU (``cuda:LOCAL_RANK``) unless the recipe sets ``device``.
+    """
+    import inspect
+
+    from reward.registry import build_reward, get_reward_class
+    from rlkit.launch import cuda_available
+
+    args = dict(recipe.reward.args)
+    params = inspect.signature(get_reward_class(recipe.reward.name).__init__).parameters
+    if "device" in params and "device" not in args and cuda_available():
+        args["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return build_reward(recipe.reward.name, **args)
 
 
 def load_datasets(recipe: Recipe):

@@ -20,6 +20,7 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None =
     from rlkit.models import load_tokenizer, resolve_model
     from rlkit.trainers.grpo import PRMGRPOTrainer
 
+    step_reward = build_step_reward(recipe)  # before the (possibly ZeRO-3) config exists: see its docstring
     kw = trainer_args(recipe, run_dir, GRPO_DEFAULTS)
     if recipe.generation.backend == "vllm":
         from rlkit.vllm_support import prepare_vllm
@@ -31,7 +32,7 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None =
     alg = recipe.algorithm
     return (trainer_cls or PRMGRPOTrainer)(
         model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
-        args=GRPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
+        args=GRPOConfig(**kw), train_dataset=train_ds, step_reward=step_reward,
         credit=alg.credit, aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
         outcome_weight=alg.outcome_weight, scale_rewards=alg.scale_rewards,
         steps_growth_warning=alg.steps_growth_warning,
