@@ -93,3 +93,16 @@ def test_every_shipped_recipe_validates():
             load_recipe(name)
         except RecipeError as e:  # recipes whose data is produced by an earlier pipeline stage
             assert "data file not found" in str(e), (name, str(e))
+
+
+def test_recipe_reference_documents_every_key():
+    import dataclasses
+
+    from rlkit import config
+
+    text = (REPO / "docs" / "recipes.md").read_text()
+    for cls in (config.Recipe, config.DataConfig, config.AlgorithmConfig, config.GenerationConfig):
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in text, f"docs/recipes.md misses {cls.__name__}.{f.name}"
+    for name in config.ALGORITHMS + config.CREDIT_MODES + config.OPTIMIZERS:
+        assert name in text
