@@ -36,3 +36,23 @@ def test_grpo_examples(name, tmp_path):
         assert any("prm/capped_share" in h for h in json.loads((runs[0] / "metrics.json").read_text()))
     if name == "custom_credit.py":
         assert info["trainer"] == "DiscountedCreditTrainer"
+
+
+@pytest.mark.slow
+def test_label_train_and_evaluate_prm_examples(tmp_path, shared_data):
+    out = tmp_path / "prm_data"
+    res = run_example("label_and_train_prm.py", "--tiny", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    prm = out / "prm"
+    assert (prm / "model.safetensors").is_file() and (out / "consensus.jsonl").is_file()
+    res = run_example("evaluate_prm_processbench.py", "--prm", str(prm), "--data",
+                      str(shared_data / "processbench"), "--limit", "8", "--out", str(tmp_path / "eval"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert list((tmp_path / "eval").rglob("*.md")) and list((tmp_path / "eval").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_train_listwise_rm_example(tmp_path):
+    res = run_example("train_listwise_rm.py", "--tiny", "--out", str(tmp_path / "orm"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rm@" in res.stdout
