@@ -88,3 +88,17 @@ def test_trivially_learnable_step_reward_goes_up(tok, tmp_path):
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.05, rewards
+
+
+@pytest.mark.slow
+def test_resume_gives_same_next_step_loss(tok, tmp_path):
+    reward = CharCountReward(" ", splitter=StepSplitter("regex", pattern=r"[.=]"))
+    common = dict(max_steps=3, save_strategy="steps", save_steps=2, learning_rate=1e-2)
+    full = _trainer(tok, tmp_path / "a", reward, **common)
+    full.train()
+    losses = {h["step"]: h["loss"] for h in full.state.log_history if "loss" in h}
+    assert losses[3] != 0.0
+    resumed = _trainer(tok, tmp_path / "a", reward, **common)  # same output_dir: its checkpoint-2
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    again = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
+    assert again[3] == pytest.approx(losses[3], abs=1e-5)
