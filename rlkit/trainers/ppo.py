@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -470,6 +471,29 @@ def build_ppo_trainer(recipe, run_dir: Path) -> PRMPPOTrainer:
         else {"name": recipe.optimizer.name, **recipe.optimizer.args})
 
 
+@contextlib.contextmanager
+def single_rank_hf():
+    """Switch transformers' ZeRO-3 awareness off for work done on one rank alone (evaluation). Otherwise
+    ``from_pretrained`` builds the model inside ``deepspeed.zero.Init`` and ``generate`` syncs every decoding step
+    across ranks (``synced_gpus``): collectives the other ranks never join, so the run hangs."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def _evaluate(model_path, trainer, eval_ds, label: str):
+    from rlkit import report
+
+    with single_rank_hf():
+        return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
+                                      max_new_tokens=trainer.args.max_completion_length, label=label)
+
+
 def run_ppo(recipe, run_dir: Path) -> None:
     """What ``rlkit train`` runs for ``algorithm: ppo``: train, save ``policy/`` (+ ``policy/critic/``), report."""
     from rlkit import report
@@ -480,20 +504,18 @@ def run_ppo(recipe, run_dir: Path) -> None:
     _, eval_ds = load_datasets(recipe)
     trainer = build_ppo_trainer(recipe, run_dir)
     is_main = trainer.accelerator.is_main_process
-    max_new = trainer.args.max_completion_length
     before = None
     if is_main and eval_ds is not None:
-        before = report.evaluate_policy(resolve_model(recipe.model), trainer.processing_class, eval_ds,
-                                        trainer.step_reward, max_new_tokens=max_new, label="before training")
-    trainer.train()
+        before = _evaluate(resolve_model(recipe.model), trainer, eval_ds, "before training")
+    # training.resume_from_checkpoint: a checkpoint folder of an earlier run (policy, critic, optimizer, RNG)
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or None)
     policy_dir = run_dir / "policy"
     trainer.save_model(str(policy_dir))
     if is_main:
         trainer.processing_class.save_pretrained(str(policy_dir))
         after = None
         if eval_ds is not None:
-            after = report.evaluate_policy(str(policy_dir), trainer.processing_class, eval_ds,
-                                           trainer.step_reward, max_new_tokens=max_new, label="after training")
+            after = _evaluate(policy_dir, trainer, eval_ds, "after training")
         report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
         (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     trainer.accelerator.wait_for_everyone()
