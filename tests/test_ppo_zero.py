@@ -95,3 +95,22 @@ def test_zero3_resume_gives_the_same_next_step_losses(zero_runs, tmp_path, tiny_
     assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], abs=1e-5)
     wv, gv = _by_step(hist, "value_loss"), _by_step(resumed, "value_loss")
     assert [gv[s] for s in (3, 4)] == pytest.approx([wv[s] for s in (3, 4)], abs=1e-5)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_merging_optimizer_acts_on_the_policy_only(tmp_path, tiny_dirs, stage):
+    # OnDARE with p = 0.5 keeps each policy update entry with prob 0.5: after 2 steps ~75% of entries moved;
+    # the critic (plain AdamW inside the same DeepSpeed optimizer) moves every entry
+    from safetensors.torch import load_file
+
+    run, hist = _train(tmp_path, tiny_dirs, f"ondare{stage}", f"distribution=zero{stage}", "training.max_steps=2",
+                       "data.num_eval=0", "optimizer={name: ondare, args: {p: 0.5, alpha: 0.0}}",
+                       "training.save_strategy=no")
+    start = load_file(str(Path(tiny_dirs["policy"]) / "model.safetensors"))
+    policy = load_file(str(run / "policy" / "model.safetensors"))
+    critic = load_file(str(run / "policy" / "critic" / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    moved_policy = (policy[name] != start[name]).float().mean().item()
+    moved_critic = (critic[name] != start[name]).float().mean().item()
+    assert 0.65 < moved_policy < 0.85, moved_policy
+    assert moved_critic > 0.99, moved_critic
