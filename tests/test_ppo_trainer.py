@@ -129,12 +129,13 @@ def test_training_changes_policy_and_critic_with_finite_loss(tok, tmp_path, tiny
 
 def test_value_loss_goes_down_on_a_fixed_reward(tok, tmp_path):
     # frozen policy (lr 0) and a constant reward: the returns are fixed, so only the critic learns
-    trainer = _trainer(tok, tmp_path, ConstantReward(1.0), max_steps=12, learning_rate=0.0,
-                       critic_learning_rate=1e-2, vf_coef=1.0, cliprange_value=100.0, lam=1.0, lr_scheduler_type="constant")
+    trainer = _trainer(tok, tmp_path, ConstantReward(1.0), max_steps=6, learning_rate=0.0, critic_learning_rate=1e-2,
+                       vf_coef=1.0, cliprange_value=100.0, lam=1.0, lr_scheduler_type="constant")
     trainer.train()
     vl = _losses(trainer, "value_loss")
-    assert len(vl) == 12 and all(math.isfinite(x) for x in vl)
-    assert sum(vl[-3:]) / 3 < 0.5 * sum(vl[:3]) / 3, vl
+    assert len(vl) == 6 and all(math.isfinite(x) for x in vl)
+    # the critic starts near 0 against returns of ~1 (loss ~0.5) and fits them within a few steps
+    assert sum(vl[-3:]) / 3 < 0.2 * vl[0], vl
 
 
 def test_merging_optimizer_acts_on_the_policy_only(tok, tmp_path):
