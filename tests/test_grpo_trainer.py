@@ -79,15 +79,15 @@ def test_training_runs_and_changes_policy(tok, tmp_path, mode):
     assert changed > 0
 
 
-@pytest.mark.slow
 def test_trivially_learnable_step_reward_goes_up(tok, tmp_path):
-    # Reward: share of 'a' characters in each step. A random tiny policy can learn to emit 'a' quickly.
-    trainer = _trainer(tok, tmp_path, CharCountReward("a"), max_steps=24, learning_rate=3e-3,
-                       max_completion_length=8, per_device_train_batch_size=16, num_generations=8)
+    # Reward: share of 'a' characters in each step. A random tiny policy learns to emit 'a' within ~20 steps
+    # (measured: mean reward ~0.03 over the first 4 steps, ~0.49 over the last 4; ~10 s on 2 cores).
+    trainer = _trainer(tok, tmp_path, CharCountReward("a"), max_steps=24, learning_rate=2e-2,
+                       max_completion_length=6, per_device_train_batch_size=16, num_generations=8)
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.05, rewards
+    assert last > 3 * first and last > first + 0.15, rewards
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dic
     the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM)."""
     from rlkit.launch import cuda_available
 
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    # always this run's folder: an earlier run in the same process must not capture its logs
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "no", "bf16": False,
           "gradient_checkpointing": False}
     kw.update(defaults)
@@ -28,13 +30,38 @@ def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dic
     return kw
 
 
+@contextlib.contextmanager
+def single_rank_hf():
+    """Switch transformers' ZeRO-3 awareness off for models that live on one rank only (reward models,
+    evaluation copies). Otherwise ``from_pretrained`` builds them inside ``deepspeed.zero.Init`` (sharded into
+    (0,)-shaped placeholders no engine gathers) and ``generate`` syncs every decoding step across ranks
+    (``synced_gpus``), collectives the other ranks never join, so the run hangs. transformers keeps the active
+    config in a module-level weak reference; this clears it for the block and restores it after."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
+    """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
+    from rlkit import report
+
+    with single_rank_hf():
+        return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
+                                      max_new_tokens=trainer.args.max_completion_length, label=label)
+
+
 def build_step_reward(recipe: Recipe):
     """The recipe's reward model, as a plain replicated module on this rank's device.
 
-    Call it BEFORE creating a DeepSpeed-enabled trainer config: transformers loads every model created after a
-    ZeRO-3 ``TrainingArguments`` inside ``deepspeed.zero.Init``, which would shard the reward model into
-    (0,)-shaped placeholders that no engine gathers. On multi-GPU runs each rank's reward model goes to its own
-    GPU (``cuda:LOCAL_RANK``) unless the recipe sets ``device``.
+    Loaded outside ZeRO-3's ``zero.Init`` (:func:`single_rank_hf`): the reward model is replicated, not
+    sharded, and no engine manages it. On multi-GPU runs each rank's reward model goes to its own GPU
+    (``cuda:LOCAL_RANK``) unless the recipe sets ``device``.
     """
     import inspect
 
@@ -45,7 +72,8 @@ def build_step_reward(recipe: Recipe):
     params = inspect.signature(get_reward_class(recipe.reward.name).__init__).parameters
     if "device" in params and "device" not in args and cuda_available():
         args["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return build_reward(recipe.reward.name, **args)
+    with single_rank_hf():
+        return build_reward(recipe.reward.name, **args)
 
 
 def load_datasets(recipe: Recipe):
@@ -59,3 +87,42 @@ def load_datasets(recipe: Recipe):
     eval_src = d.eval or (d.train if d.train.startswith("builtin:") else None)
     evald = load_prompts(eval_src, d.eval_split, d.num_eval, **common) if eval_src and d.num_eval else None
     return train, evald
+
+
+def run_info(trainer) -> dict:
+    """What actually ran: the optimizer class DeepSpeed/accelerate step (wrappers unwrapped), world size..."""
+    opt = trainer.optimizer
+    while hasattr(opt, "optimizer") and opt.optimizer is not opt:
+        opt = opt.optimizer
+    return {"optimizer": type(opt).__name__, "world_size": trainer.accelerator.num_processes,
+            "deepspeed": trainer.is_deepspeed_enabled, "trainer": type(trainer).__name__,
+            "use_vllm": bool(trainer.args.use_vllm), "global_step": trainer.state.global_step}
+
+
+def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
+    """The RL run every recipe runner shares: held-out evaluation before, train (resuming from
+    ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
+    ``metrics.json`` and ``run_info.json`` (main process only)."""
+    import json
+
+    from rlkit import report
+    from rlkit.models import resolve_model
+
+    _, eval_ds = load_datasets(recipe)
+    is_main = trainer.accelerator.is_main_process
+    before = None
+    if is_main and eval_ds is not None:
+        # evaluation loads its own copy (a sharded ZeRO-3 model cannot generate on one rank alone)
+        before = evaluate_on_one_rank(resolve_model(recipe.model), trainer, eval_ds, "before training")
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or None)
+    policy_dir = run_dir / "policy"
+    trainer.save_model(str(policy_dir))
+    if is_main:
+        trainer.processing_class.save_pretrained(str(policy_dir))
+        after = None
+        if eval_ds is not None:
+            after = evaluate_on_one_rank(policy_dir, trainer, eval_ds, "after training")
+        report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
+        (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        (run_dir / "run_info.json").write_text(json.dumps(run_info(trainer), indent=1))
+    trainer.accelerator.wait_for_everyone()

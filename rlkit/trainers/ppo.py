@@ -32,9 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import os
 from collections import defaultdict
@@ -445,7 +443,7 @@ PPO_DEFAULTS = dict(num_generations=2, per_device_train_batch_size=4, max_comple
                     learning_rate=1e-6, max_steps=20, temperature=1.0)
 
 
-def build_ppo_trainer(recipe, run_dir: Path) -> PRMPPOTrainer:
+def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) -> PRMPPOTrainer:
     """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend).
     PPO fields (gamma, lam, vf_coef, kl_coef, critic_model, ...) go under the recipe's ``training:`` block."""
     from rlkit.models import load_tokenizer, resolve_model
@@ -455,14 +453,14 @@ def build_ppo_trainer(recipe, run_dir: Path) -> PRMPPOTrainer:
     if recipe.generation.backend == "vllm":
         from rlkit.vllm_support import prepare_vllm
 
-        prepare_vllm()
+        prepare_vllm(recipe.generation.vllm_mode)
         kw.update(use_vllm=True, vllm_mode=recipe.generation.vllm_mode,
                   vllm_gpu_memory_utilization=recipe.generation.vllm_gpu_memory_utilization)
     if kw.get("critic_model"):
         kw["critic_model"] = resolve_model(str(kw["critic_model"]))
     train_ds, _ = load_datasets(recipe)
     alg = recipe.algorithm
-    return PRMPPOTrainer(
+    return (trainer_cls or PRMPPOTrainer)(
         model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
         args=PRMPPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
         aggregation=alg.aggregation, outcome_reward=alg.outcome_reward, outcome_weight=alg.outcome_weight,
@@ -470,52 +468,8 @@ def build_ppo_trainer(recipe, run_dir: Path) -> PRMPPOTrainer:
         optimizer_cfg=None if recipe.optimizer.name == "adamw" and not recipe.optimizer.args
         else {"name": recipe.optimizer.name, **recipe.optimizer.args})
 
-
-@contextlib.contextmanager
-def single_rank_hf():
-    """Switch transformers' ZeRO-3 awareness off for work done on one rank alone (evaluation). Otherwise
-    ``from_pretrained`` builds the model inside ``deepspeed.zero.Init`` and ``generate`` syncs every decoding step
-    across ranks (``synced_gpus``): collectives the other ranks never join, so the run hangs."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
-
-
-def _evaluate(model_path, trainer, eval_ds, label: str):
-    from rlkit import report
-
-    with single_rank_hf():
-        return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
-                                      max_new_tokens=trainer.args.max_completion_length, label=label)
-
-
-def run_ppo(recipe, run_dir: Path) -> None:
+def run_ppo(recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
     """What ``rlkit train`` runs for ``algorithm: ppo``: train, save ``policy/`` (+ ``policy/critic/``), report."""
-    from rlkit import report
-    from rlkit.models import resolve_model
-    from rlkit.trainers.common import load_datasets
+    from rlkit.trainers.common import train_and_report
 
-    run_dir = Path(run_dir)
-    _, eval_ds = load_datasets(recipe)
-    trainer = build_ppo_trainer(recipe, run_dir)
-    is_main = trainer.accelerator.is_main_process
-    before = None
-    if is_main and eval_ds is not None:
-        before = _evaluate(resolve_model(recipe.model), trainer, eval_ds, "before training")
-    # training.resume_from_checkpoint: a checkpoint folder of an earlier run (policy, critic, optimizer, RNG)
-    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or None)
-    policy_dir = run_dir / "policy"
-    trainer.save_model(str(policy_dir))
-    if is_main:
-        trainer.processing_class.save_pretrained(str(policy_dir))
-        after = None
-        if eval_ds is not None:
-            after = _evaluate(policy_dir, trainer, eval_ds, "after training")
-        report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
-        (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    trainer.accelerator.wait_for_everyone()
+    train_and_report(build_ppo_trainer(recipe, Path(run_dir), trainer_cls), recipe, Path(run_dir))
