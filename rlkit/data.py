@@ -27,8 +27,16 @@ _ITEMS = ["apples", "stickers", "marbles", "books", "cookies", "shells", "pencil
 def _problem(rng: random.Random) -> dict[str, Any]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     a, b, c = rng.randint(3, 20), rng.randint(2, 6), rng.randint(2, 9)
-    kind = rng.randrange(4)
-    if kind == 0:
+    kind = rng.randrange(6)
+    if kind == 4:  # one-step problems keep the task within reach of a small model
+        total = a + b * c
+        q = f"{name} has {a} {item} and finds {b * c} more. How many {item} does {name} have now?"
+        steps = [f"{a} + {b * c} = {total}"]
+    elif kind == 5:
+        total = b * c
+        q = f"A shelf has {b} rows with {c} {item} in each row. How many {item} are on the shelf?"
+        steps = [f"{b} * {c} = {total}"]
+    elif kind == 0:
         total = a + b * c
         q = f"{name} has {a} {item}. {name} buys {b} packs with {c} {item} each. How many {item} does {name} have now?"
         steps = [f"{b} * {c} = {b * c}", f"{a} + {b * c} = {total}"]
@@ -57,7 +65,7 @@ def _problem(rng: random.Random) -> dict[str, Any]:
 
 
 def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` generated multi-step arithmetic word problems with exact answers (GSM8K answer format)."""
+    """``n`` generated arithmetic word problems (one to three steps) with exact answers (GSM8K answer format)."""
     rng = random.Random(seed)
     return [_problem(rng) for _ in range(n)]
 

@@ -70,8 +70,12 @@ def plot_curves(log_history: list[dict[str, Any]], path: Path) -> list[str]:
     found = [(k, t) for k, t in CURVES if any(k in h for h in log_history)]
     if not found:
         return []
-    fig, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 3.2), squeeze=False)
-    for ax, (key, title) in zip(axes[0], found):
+    cols = min(3, len(found))
+    rows = (len(found) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(found):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, found):
         pts = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
         ax.set_title(title, fontsize=9)
