@@ -23,6 +23,7 @@ quickstart: install
 	$(VENV)/bin/rlkit train recipes/grpo_prm_quickstart.yaml
 
 test: install
+	$(VENV)/bin/ruff check --select F,E9 rlkit reward tests examples benchmarks
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
 
 test-fast: install

@@ -17,7 +17,6 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 
 
 EXIT_USAGE = 2

@@ -11,8 +11,7 @@ import torch
 
 from reward.models.judge import LLMJudge
 from reward.registry import build_reward
-from rlkit.trainers.critique import (backbone_state, build_feedback, critique_request, format_critique,
-                                     judge_feedback_prompt, load_backbone, max_abs_diff, parse_judge_reasons,
+from rlkit.trainers.critique import (backbone_state, build_feedback, critique_request, judge_feedback_prompt, load_backbone, max_abs_diff, parse_judge_reasons,
                                      step_verdicts)
 
 

@@ -17,7 +17,6 @@ from reward.evaluation.processbench import (DataError, choose_threshold, evaluat
 def official_f1(items, preds):
     """ProcessBench's published formula (percent): acc on erroneous items, acc on correct items, harmonic mean."""
     err = [it for it, p in zip(items, preds) if it["label"] != -1]
-    cor = [it for it, p in zip(items, preds) if it["label"] == -1]
     perr = [p for it, p in zip(items, preds) if it["label"] != -1]
     pcor = [p for it, p in zip(items, preds) if it["label"] == -1]
     acc1 = np.mean([p == it["label"] for it, p in zip(err, perr)]) * 100
