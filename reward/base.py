@@ -80,6 +80,31 @@ def first_error(scores: Sequence[float], threshold: float = 0.5) -> int:
     return -1
 
 
+def check_lengths(prompts: Sequence[Any], n: int, references: Sequence[Any] | None, what: str = "responses") -> None:
+    """One prompt (and, if given, one reference) per response, or a RewardError."""
+    if len(prompts) != n:
+        raise RewardError(f"{len(prompts)} prompts for {n} {what}")
+    if references is not None and len(references) != n:
+        raise RewardError(f"{len(references)} references for {n} {what}")
+
+
+def wrap_scores(name: str, steps: Sequence[Sequence[Step]], values: Sequence[Any]) -> list[StepScores]:
+    """StepScores per response from lists of floats (StepScores pass through); errors name the model and
+    the response."""
+    if len(values) != len(steps):
+        raise RewardError(f"reward model '{name}' returned {len(values)} results for {len(steps)} responses")
+    out = []
+    for i, (st, v) in enumerate(zip(steps, values)):
+        if isinstance(v, StepScores):
+            out.append(v)
+            continue
+        try:
+            out.append(StepScores(list(st), list(v)))
+        except RewardError as e:
+            raise RewardError(f"reward model '{name}' on response {i}: {e}") from None
+    return out
+
+
 class StepRewardModel(ABC):
     """Base class of every reward model: scores each step of each response.
 
@@ -106,27 +131,14 @@ class StepRewardModel(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str],
               references: Sequence[str | None] | None = None) -> list[StepScores]:
         """Split each response into steps and score every step."""
-        if len(prompts) != len(responses):
-            raise RewardError(f"{len(prompts)} prompts for {len(responses)} responses")
-        if references is not None and len(references) != len(responses):
-            raise RewardError(f"{len(references)} references for {len(responses)} responses")
+        check_lengths(prompts, len(responses), references)
         steps = [self.splitter.split(r) for r in responses]
         return self.score_split(prompts, steps, references)
 
     def score_split(self, prompts: Sequence[str], steps: Sequence[Sequence[Step]],
                     references: Sequence[str | None] | None = None) -> list[StepScores]:
         """Score responses that are already split (e.g. ProcessBench items with explicit steps)."""
-        values = self.score_steps(prompts, steps, references)
-        out = []
-        for i, (st, v) in enumerate(zip(steps, values)):
-            if isinstance(v, StepScores):
-                out.append(v)
-                continue
-            try:
-                out.append(StepScores(list(st), list(v)))
-            except RewardError as e:
-                raise RewardError(f"reward model '{self.name}' on response {i}: {e}") from None
-        return out
+        return wrap_scores(self.name, steps, self.score_steps(prompts, steps, references))
 
     @abstractmethod
     def score_steps(self, prompts: Sequence[str], steps: Sequence[Sequence[Step]],

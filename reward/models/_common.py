@@ -11,33 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from reward.base import RewardError, StepRewardModel, StepScores
+from reward.base import StepRewardModel, StepScores, check_lengths, wrap_scores
 from reward.steps import Step
 
 STEP_JOINER = "\n\n"
-
-
-def check_lengths(prompts: Sequence[Any], n: int, references: Sequence[Any] | None, what: str = "responses") -> None:
-    if len(prompts) != n:
-        raise RewardError(f"{len(prompts)} prompts for {n} {what}")
-    if references is not None and len(references) != n:
-        raise RewardError(f"{len(references)} references for {n} {what}")
-
-
-def wrap_scores(name: str, steps: Sequence[Sequence[Step]], values: Sequence[Any]) -> list[StepScores]:
-    """StepScores per response from lists of floats (or StepScores passed through), naming the culprit."""
-    if len(values) != len(steps):
-        raise RewardError(f"reward model '{name}' returned {len(values)} results for {len(steps)} responses")
-    out = []
-    for i, (st, v) in enumerate(zip(steps, values)):
-        if isinstance(v, StepScores):
-            out.append(v)
-            continue
-        try:
-            out.append(StepScores(list(st), list(v)))
-        except RewardError as e:
-            raise RewardError(f"reward model '{name}' on response {i}: {e}") from None
-    return out
 
 
 def is_finite_number(v: Any) -> bool:

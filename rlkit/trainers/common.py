@@ -10,6 +10,21 @@ from typing import Any
 from rlkit.config import Recipe
 
 
+def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type) -> None:
+    """Shared by the PRM and listwise-RM trainers: default ``data_collator`` to ``collator_cls(pad id)`` (pad
+    from the tokenizer, else the model config, else 0) and keep every dataset column (labels live in extra
+    columns)."""
+    if kwargs.get("data_collator") is None:
+        tok = kwargs.get("processing_class")
+        model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
+        pad = getattr(tok, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+        kwargs["data_collator"] = collator_cls(pad)
+    if kwargs.get("args") is not None:
+        kwargs["args"].remove_unused_columns = False
+
+
 def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
     the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM)."""

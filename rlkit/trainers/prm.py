@@ -204,16 +204,9 @@ class PRMTrainer(RecipeOptimizerMixin, Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean; the Trainer divides it for accumulation
 
     def __init__(self, *args: Any, optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
-        if kwargs.get("data_collator") is None:
-            tok = kwargs.get("processing_class")
-            model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
-            pad = getattr(tok, "pad_token_id", None)
-            if pad is None:
-                pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-            kwargs["data_collator"] = PRMCollator(pad)
-        targs = kwargs.get("args")
-        if targs is not None:
-            targs.remove_unused_columns = False
+        from rlkit.trainers.common import fill_classifier_trainer_kwargs
+
+        fill_classifier_trainer_kwargs(args, kwargs, PRMCollator)
         self.rlkit_optimizer_cfg = optimizer_cfg
         super().__init__(*args, **kwargs)
 
