@@ -25,7 +25,7 @@ class CharCountReward(StepRewardModel):
         return [[s.text.count(self.char) / max(len(s.text), 1) for s in st] for st in steps]
 
 
-def _trainer(tok, tmp_path, reward, credit_mode="process_grpo", **cfg):
+def _trainer(tok, tmp_path, reward, credit_mode="process_grpo", model=None, **cfg):
     from trl import GRPOConfig
 
     from rlkit.trainers.grpo import PRMGRPOTrainer
@@ -36,7 +36,7 @@ def _trainer(tok, tmp_path, reward, credit_mode="process_grpo", **cfg):
               temperature=1.0)
     kw.update(cfg)
     ds = load_prompts("builtin:arithmetic", n=16)
-    return PRMGRPOTrainer(model=testing.tiny_causal_lm(tok), processing_class=tok, args=GRPOConfig(**kw),
+    return PRMGRPOTrainer(model=model or testing.tiny_causal_lm(tok), processing_class=tok, args=GRPOConfig(**kw),
                           train_dataset=ds, step_reward=reward, credit=credit_mode)
 
 
@@ -102,3 +102,34 @@ def test_resume_gives_same_next_step_loss(tok, tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
     again = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
     assert again[3] == pytest.approx(losses[3], abs=1e-5)
+
+
+def test_kl_loss_types_and_peft(tok, tmp_path, tiny_dirs):
+    """TRL's machinery keeps working under our advantages: KL to a reference (beta > 0), another loss type,
+    and a LoRA policy through PEFT (only adapter weights change)."""
+    from peft import LoraConfig
+
+    from rlkit.trainers.grpo import PRMGRPOTrainer
+
+    from transformers import AutoTokenizer
+
+    reward = CharCountReward(" ", splitter=StepSplitter("regex", pattern=r"[.=]"))
+    # TRL builds the KL reference model from the policy's path, so this one starts from a saved folder
+    saved_tok = AutoTokenizer.from_pretrained(tiny_dirs["policy"])
+    trainer = _trainer(saved_tok, tmp_path / "kl", reward, model=tiny_dirs["policy"], beta=0.1, loss_type="grpo")
+    trainer.train()
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    assert all("kl" in h and math.isfinite(h["kl"]) for h in hist)
+
+    from trl import GRPOConfig
+
+    cfg = GRPOConfig(output_dir=str(tmp_path / "lora"), num_generations=4, per_device_train_batch_size=8,
+                     max_completion_length=16, max_steps=2, learning_rate=1e-2, report_to=[], use_cpu=True,
+                     bf16=False, save_strategy="no", gradient_checkpointing=False, seed=0)
+    lora = PRMGRPOTrainer(model=testing.tiny_causal_lm(tok), processing_class=tok, args=cfg,
+                          train_dataset=load_prompts("builtin:arithmetic", n=16), step_reward=reward,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    before = {k: v.clone() for k, v in lora.model.named_parameters()}
+    lora.train()
+    changed = {k for k, v in lora.model.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and all("lora_" in k for k in changed)
