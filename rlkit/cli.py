@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from reward.base import RewardError
     from rlkit.config import RecipeError
     from rlkit.data import DataError
     from rlkit.models import ModelError
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except FileNotFoundError as e:
         return _fail(f"file not found: {e.filename or e}")
+    except RewardError as e:  # e.g. a dead reward server or NaN scores during training
+        print(f"\nrlkit: error: reward: {e}", file=sys.stderr)  # \n: a progress bar may hold the line
+        return 1
+    except RuntimeError as e:
+        print(f"\nrlkit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return _fail("interrupted")
 

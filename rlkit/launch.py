@@ -91,7 +91,11 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     run_dir = new_run_dir(recipe, output_dir)
     write_run_files(recipe, run_dir)
     if recipe.distribution == "none":
-        run_worker(run_dir, trainer_cls)
+        try:
+            run_worker(run_dir, trainer_cls)
+        except BaseException as e:
+            mark_failed(run_dir, f"{type(e).__name__}: {e}")
+            raise
         return run_dir
     if trainer_cls is not None:
         raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
@@ -102,8 +106,16 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
     proc = subprocess.run(accelerate_command(recipe, run_dir), env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"distributed run failed with exit code {proc.returncode}; logs in {run_dir}")
+        msg = f"distributed run failed with exit code {proc.returncode} (the workers' errors are printed above)"
+        mark_failed(run_dir, msg)
+        raise RuntimeError(f"{msg}; run folder {run_dir}")
     return run_dir
+
+
+def mark_failed(run_dir: Path, message: str) -> None:
+    """Leave ``FAILED.txt`` in a run folder whose run did not finish, so its partial contents (checkpoints,
+    logs) are never mistaken for a finished run's."""
+    (Path(run_dir) / "FAILED.txt").write_text(message.strip() + "\n")
 
 
 def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:

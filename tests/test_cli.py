@@ -106,3 +106,23 @@ def test_recipe_reference_documents_every_key():
             assert f"`{f.name}`" in text, f"docs/recipes.md misses {cls.__name__}.{f.name}"
     for name in config.ALGORITHMS + config.CREDIT_MODES + config.OPTIMIZERS:
         assert name in text
+
+
+def test_dead_reward_server_fails_in_one_line_and_marks_the_run(tiny_dirs, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "runs"
+    res = rlkit("train", "grpo_prm_quickstart", "--output-dir", str(out), "--set", f"model={tiny_dirs['policy']}",
+                "--set", f"reward={{name: remote, args: {{url: 'http://127.0.0.1:{port}/score', retries: 1, timeout: 2}}}}",
+                "--set", "training.max_steps=1", "--set", "training.max_completion_length=8",
+                "--set", "training.num_generations=2", "--set", "training.per_device_train_batch_size=2",
+                "--set", "data.num_eval=0")
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("rlkit: error:")]
+    assert len(errors) == 1 and errors[0].startswith("rlkit: error: reward:") and str(port) in errors[0]
+    assert "Traceback" not in res.stderr
+    run = next(out.iterdir())
+    assert (run / "FAILED.txt").is_file() and not (run / "policy").exists()
