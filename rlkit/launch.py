@@ -178,4 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A worker skips interpreter teardown: now and then a gloo/DeepSpeed C++ thread is still joinable when
+    # Python finalises and the rank dies with SIGABRT ("terminate called without an active exception") after
+    # all its work is saved, failing a finished run. Outputs are written and the process group is destroyed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -56,3 +56,16 @@ def test_train_listwise_rm_example(tmp_path):
     res = run_example("train_listwise_rm.py", "--tiny", "--out", str(tmp_path / "orm"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "rm@" in res.stdout
+
+
+@pytest.mark.slow
+def test_dense_vs_outcome_benchmark_runs(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dense_vs_outcome.py"), "--tiny", "--steps", "2",
+                          "--eval-every", "1", "--eval-size", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "dense_vs_outcome.json").read_text())
+    assert set(data) == {"process_grpo", "outcome"}
+    assert all(len(v["heldout_accuracy"]) == 3 for v in data.values())  # steps 0, 1, 2
+    assert (tmp_path / "dense_vs_outcome.png").stat().st_size > 10_000
