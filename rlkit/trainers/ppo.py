@@ -14,6 +14,17 @@ score placed on the completion token that ends it, reward-hacking monitors). Wha
 * GAE(gamma, lam) advantages (whitened over the whole batch, all ranks), returns as value targets;
 * loss = TRL's clipped policy loss + ``vf_coef`` * 0.5 * max((V - R)^2, (clip(V, V_old +- cliprange_value) - R)^2).
 
+LoRA / PEFT (``peft_config``, as for TRL's GRPOTrainer): only the policy's adapter trains. The KL reference is
+the policy with its adapter disabled (the base model; no reference copy is built). The critic is its own full
+model, not LoRA-wrapped: backbone copied from the base weights (adapter weights left out) + a new 1-output
+head, trained in full, so it costs one more full copy of the model and its AdamW state. ``save_model`` writes
+the adapter folder (``adapter_config.json`` + ``adapter_model.safetensors`` pointing at the base model; load it
+with ``peft.PeftModel.from_pretrained(base, dir)`` or ``AutoModelForCausalLM.from_pretrained(dir)``; nothing is
+merged) and the critic at ``critic/``.
+
+vLLM (``use_vllm``, colocate or server): TRL generates and syncs the policy's weights to vLLM after each
+optimizer step; the critic is kept out of that sync.
+
 Mini-epochs: one rollout (``per_device_train_batch_size * steps_per_generation`` completions per rank) is
 shuffled, split into ``steps_per_generation`` mini-batches, and swept ``num_iterations`` times (PPO epochs).
 The policy clip range is TRL's ``epsilon`` (``epsilon_high`` for an asymmetric clip).
@@ -32,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -117,12 +129,25 @@ def build_critic(source: Any, seed: int = 0, dtype: torch.dtype | None = None):
         cfg.num_labels = 1
         cfg.classifier_dropout = 0.0
         critic = AutoModelForTokenClassification.from_config(cfg)
-        critic.base_model.load_state_dict(policy.base_model.state_dict())
+        critic.base_model.load_state_dict(_plain_backbone_state(policy.base_model, critic.base_model))
         critic.to(dtype=next(policy.parameters()).dtype, device=next(policy.parameters()).device)
     from trl.trainer.utils import disable_dropout_in_model
 
     disable_dropout_in_model(critic)
     return critic
+
+
+def _plain_backbone_state(backbone, target) -> dict[str, torch.Tensor]:
+    """``backbone``'s weights under ``target``'s (plain) parameter names. A PEFT-wrapped backbone gives its base
+    weights (``q_proj.base_layer.weight`` -> ``q_proj.weight``; ``modules_to_save``: the original module); adapter
+    weights are left out, so the critic of a LoRA policy starts from the base model."""
+    wanted = set(target.state_dict())
+    out = {}
+    for k, v in backbone.state_dict().items():
+        plain = k.replace(".base_layer.", ".").replace(".original_module.", ".")
+        if plain in wanted and (plain == k or plain not in out):
+            out[plain] = v
+    return out
 
 
 class ActorCriticOptimizer(torch.optim.Optimizer):
@@ -190,7 +215,9 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         kwargs.pop("credit", None)
         kwargs.pop("scale_rewards", None)
         # TRL builds the reference model from the policy's path; an in-memory policy without one gets a copy here
-        own_ref = args.kl_coef > 0 and not isinstance(model, str) and not _has_path(model)
+        # (a PEFT policy needs none: its reference is the policy with the adapter disabled, as in TRL)
+        peft = kwargs.get("peft_config") is not None or hasattr(model, "peft_config")
+        own_ref = args.kl_coef > 0 and not peft and not isinstance(model, str) and not _has_path(model)
         if own_ref:
             args.beta = 0.0
         super().__init__(model=model, args=args, **kwargs)
@@ -211,18 +238,30 @@ class PRMPPOTrainer(PRMGRPOTrainer):
             critic.to(self.accelerator.device)
         self.model.add_module(CRITIC_ATTR, critic)
         self._ppo_metrics_local: dict[str, list[float]] = defaultdict(list)
+        if getattr(self, "vllm_generation", None) is not None:
+            self._keep_critic_out_of_vllm_sync()
+
+    def _keep_critic_out_of_vllm_sync(self) -> None:
+        """TRL pushes every parameter of the model to vLLM by name after each optimizer step (colocate:
+        ``load_weights``; server: over NCCL). The critic is no part of the policy vLLM serves, so it is taken off
+        the model for the sync."""
+        gen = self.vllm_generation
+        sync = gen.sync_weights
+
+        def sync_policy_only() -> None:
+            with _critic_detached(gen.model):
+                sync()
+
+        gen.sync_weights = sync_policy_only
 
     # ------------------------------------------------------------------ pieces
     @property
     def critic(self):
         """The value model (a submodule of the policy, so one engine trains and checkpoints both)."""
-        return getattr(self.accelerator.unwrap_model(self.model), CRITIC_ATTR)
+        return self._critic_of(self.model)
 
     def _critic_of(self, model):
-        mod = self.accelerator.unwrap_model(model)
-        if hasattr(mod, "get_base_model") and not hasattr(mod, CRITIC_ATTR):
-            mod = mod.get_base_model()
-        return getattr(mod, CRITIC_ATTR)
+        return _critic_holder(self.accelerator.unwrap_model(model))._modules[CRITIC_ATTR]
 
     def _values(self, model, input_ids, attention_mask, n_keep: int) -> torch.Tensor:
         """(B, n_keep) critic outputs at the last ``n_keep`` positions; position p holds V(tokens[:p+1])."""
@@ -356,13 +395,8 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         if self.optimizer is not None:
             return self.optimizer
         policy = self.model if model is None else model
-        policy = policy.get_base_model() if hasattr(policy, "get_base_model") and \
-            not hasattr(policy, CRITIC_ATTR) else policy
-        critic = policy._modules.pop(CRITIC_ATTR)
-        try:
+        with _critic_detached(policy) as critic:
             actor_opt = super().create_optimizer(model)  # the recipe's optimizer (or AdamW) over the policy alone
-        finally:
-            policy.add_module(CRITIC_ATTR, critic)
         a = self.args
         lr = a.critic_learning_rate if a.critic_learning_rate is not None else a.learning_rate
         decay = set(self.get_decay_parameter_names(critic))
@@ -381,11 +415,10 @@ class PRMPPOTrainer(PRMGRPOTrainer):
 
     # ------------------------------------------------------------------ saving / resuming
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The policy as a plain HF folder (no critic keys) at ``output_dir``; the critic at ``output_dir/critic``."""
+        """The policy at ``output_dir`` without critic keys: a plain HF folder, or for a LoRA policy the adapter
+        folder PEFT writes (``adapter_config.json`` + ``adapter_model.safetensors``, not merged); the critic (a full
+        HF folder) at ``output_dir/critic``."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        holder = self.accelerator.unwrap_model(self.model)
-        if not hasattr(holder, CRITIC_ATTR) and hasattr(holder, "get_base_model"):
-            holder = holder.get_base_model()
         given = state_dict is not None
         if state_dict is None:
             state_dict = self.model.state_dict()
@@ -397,25 +430,16 @@ class PRMPPOTrainer(PRMGRPOTrainer):
                 policy_sd[k] = v
             else:
                 critic_sd[k[len(pre):]] = v
-        critic = holder._modules.pop(CRITIC_ATTR)
-        try:
+        with _critic_detached(self.accelerator.unwrap_model(self.model)) as critic:
             super()._save(output_dir, state_dict=policy_sd if (given or critic_sd) else None)
-        finally:
-            holder.add_module(CRITIC_ATTR, critic)
         if critic_sd or not given:
             critic.save_pretrained(os.path.join(output_dir, CRITIC_DIR), state_dict=critic_sd or None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Without DeepSpeed: the policy from the checkpoint folder, the critic from its ``critic/`` subfolder
         (under DeepSpeed the engine checkpoint restores both)."""
-        holder = model if model is not None else self.model
-        if not hasattr(holder, CRITIC_ATTR) and hasattr(holder, "get_base_model"):
-            holder = holder.get_base_model()
-        critic = holder._modules.pop(CRITIC_ATTR)
-        try:
+        with _critic_detached(model if model is not None else self.model) as critic:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        finally:
-            holder.add_module(CRITIC_ATTR, critic)
         path = os.path.join(resume_from_checkpoint, CRITIC_DIR, "model.safetensors")
         if os.path.isfile(path):
             from safetensors.torch import load_file
@@ -424,6 +448,25 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         else:
             logger.warning("checkpoint %s has no critic (%s/); the critic starts from its initialisation",
                            resume_from_checkpoint, CRITIC_DIR)
+
+
+def _critic_holder(model):
+    """The module that holds the critic as its ``rlkit_critic`` child: the policy, or the model under a PEFT
+    wrapper."""
+    if CRITIC_ATTR not in model._modules and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+@contextlib.contextmanager
+def _critic_detached(model):
+    """Take the critic off ``model`` for the block (yields it): what runs inside sees the policy alone."""
+    holder = _critic_holder(model)
+    critic = holder._modules.pop(CRITIC_ATTR)
+    try:
+        yield critic
+    finally:
+        holder.add_module(CRITIC_ATTR, critic)
 
 
 def _has_path(model) -> bool:

@@ -1,0 +1,125 @@
+"""PRMPPOTrainer with the generation backends and adapters GRPO has: a LoRA policy (PEFT) with the KL reference
+being the adapter-disabled base model, and vLLM colocate generation on CPU with weights synced after each step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reward.base import StepRewardModel
+from reward.steps import StepSplitter
+from rlkit.data import load_prompts
+
+
+class CharCountReward(StepRewardModel):
+    """Test reward: each step scores the share of its characters that are spaces."""
+
+    def __init__(self):
+        super().__init__(StepSplitter("regex", pattern=r"[.=]"))
+
+    def score_steps(self, prompts, steps, references=None):
+        return [[s.text.count(" ") / max(len(s.text), 1) for s in st] for st in steps]
+
+
+def _args(out, **cfg):
+    from rlkit.trainers.ppo import PRMPPOConfig
+
+    kw = dict(output_dir=str(out), num_generations=2, per_device_train_batch_size=4, max_completion_length=12,
+              max_steps=2, learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, bf16=False,
+              save_strategy="no", gradient_checkpointing=False, seed=0, temperature=1.0)
+    kw.update(cfg)
+    return PRMPPOConfig(**kw)
+
+
+def _logps(model, ids):
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def test_lora_policy_trains_adapter_and_full_critic_with_kl_to_base(tok, tmp_path, tiny_dirs):
+    """LoRA policy (peft_config): only the adapter of the policy moves, the critic (its own full copy of the
+    backbone, not LoRA) trains, the KL reference is the policy with its adapter disabled (= the base model), and
+    save_model writes an adapter folder + critic/ that load back to the trained policy."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.trainers.ppo import PRMPPOTrainer, build_critic
+
+    trainer = PRMPPOTrainer(model=tiny_dirs["policy"], processing_class=tok,
+                            args=_args(tmp_path / "out", kl_coef=0.1),
+                            train_dataset=load_prompts("builtin:arithmetic", n=16), step_reward=CharCountReward(),
+                            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert isinstance(trainer.model, PeftModel)
+    assert trainer.ref_model is None  # no copy: the reference is the adapter-disabled policy
+    assert not any(n.startswith("rlkit_critic.") and "lora_" in n for n, _ in trainer.model.named_parameters())
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    after = dict(trainer.model.named_parameters())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    policy_changed = {k for k in changed if not k.startswith("rlkit_critic.")}
+    assert policy_changed and all("lora_" in k for k in policy_changed), sorted(policy_changed)[:5]
+    assert any(k.startswith("rlkit_critic.") for k in changed), "critic did not change"
+    critic_up = "rlkit_critic.model.layers.0.mlp.up_proj.weight"
+    assert (after[critic_up] != before[critic_up]).float().mean().item() > 0.95  # full fine-tuning, not LoRA
+
+    # the KL penalty: 0 at the first rollout (LoRA B starts at 0: policy == base), > 0 once the adapter moved
+    kls = [h["ppo/kl"] for h in trainer.state.log_history if "ppo/kl" in h]
+    assert len(kls) == 2 and kls[0] == 0.0 and abs(kls[-1]) > 1e-6, kls
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["policy"], dtype=torch.float32).eval()
+    ids = tok("12 + 30 = 42. The answer is 42.", return_tensors="pt").input_ids
+    n = ids.shape[1] - 1
+    trainer.model.eval()
+    with torch.no_grad():
+        ref = trainer._ref_logps(ids, torch.ones_like(ids), n, None)
+        pol = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), n)[0]
+    assert torch.allclose(ref, _logps(base, ids), atol=1e-5)
+    assert (pol - ref).abs().max().item() > 1e-4  # the adapter moved the policy away from its reference
+
+    # saved: an adapter folder (no critic keys) that loads onto the base model, and the critic beside it
+    out = tmp_path / "policy"
+    trainer.save_model(str(out))
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "adapter_model.safetensors")).keys()
+    assert keys and all("lora_" in k for k in keys)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dirs["policy"]), str(out)).eval()
+    assert torch.allclose(_logps(loaded, ids), pol, atol=1e-5)
+    direct = AutoModelForCausalLM.from_pretrained(str(out)).eval()  # transformers' PEFT integration
+    assert torch.allclose(_logps(direct, ids), pol, atol=1e-5)
+    critic = build_critic(str(out / "critic"))
+    for name, p in critic.named_parameters():
+        assert torch.equal(p, after[f"rlkit_critic.{name}"]), name
+
+
+def test_lora_policy_in_memory_gets_critic_from_base_weights_and_no_reference_copy(tok, tmp_path):
+    """An in-memory policy with peft_config: the critic's backbone is copied from the base weights (the PEFT
+    layers' base_layer), and kl_coef > 0 builds no reference copy (the adapter-disabled policy is the reference)."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlkit import testing
+    from rlkit.trainers.ppo import PRMPPOTrainer, build_critic
+
+    policy = testing.tiny_causal_lm(tok)
+    base = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    wrapped = get_peft_model(testing.tiny_causal_lm(tok), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    critic = build_critic(wrapped)
+    assert set(critic.model.state_dict()) == set(base)
+    for k, v in critic.model.state_dict().items():
+        assert torch.equal(v, base[k]), k
+
+    trainer = PRMPPOTrainer(model=policy, processing_class=tok, args=_args(tmp_path / "out", kl_coef=0.1),
+                            train_dataset=load_prompts("builtin:arithmetic", n=8), step_reward=CharCountReward(),
+                            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert trainer.ref_model is None and trainer.kl_coef == 0.1
+    for k, v in trainer.critic.model.state_dict().items():
+        assert torch.equal(v, base[k]), k
+    assert not any(p.requires_grad for n, p in trainer.model.named_parameters()
+                   if "lora_" not in n and not n.startswith("rlkit_critic."))
+    assert all(p.requires_grad for p in trainer.critic.parameters())
