@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-ALGORITHMS = ("grpo", "ppo", "prm", "sft", "orm", "critique")
+ALGORITHMS = ("grpo", "ppo", "prm", "sft", "orm", "critique", "prm_pipeline")
 CREDIT_MODES = ("process_grpo", "min_form", "outcome")
 OPTIMIZERS = ("adamw", "ondare", "onties")
 DISTRIBUTIONS = ("none", "zero2", "zero3")
@@ -293,6 +293,10 @@ def trainer_config_class(algorithm: str) -> type:
         from rlkit.trainers.critique import CritiqueVerifierConfig
 
         return CritiqueVerifierConfig
+    if algorithm == "prm_pipeline":
+        from rlkit.trainers.prm_pipeline import PRMPipelineConfig
+
+        return PRMPipelineConfig
     from transformers import TrainingArguments
 
     return TrainingArguments
@@ -344,6 +348,9 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
         problem = vllm_problem(recipe.generation.vllm_mode)
         if problem:
             raise RecipeError(problem)
+    if recipe.algorithm.name == "prm_pipeline" and recipe.distribution != "none":
+        raise RecipeError("distribution: prm_pipeline samples and labels in one process; train the PRM under "
+                          "ZeRO with algorithm.name: prm on the pipeline's data/prm_train.jsonl")
     if recipe.num_processes < 1:
         raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
 
@@ -372,6 +379,14 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
             raise RecipeError(f"unknown key 'training.{key}' for {cfg_cls.__name__}{hint}")
         if _is_simple(hints.get(key)):
             recipe.training[key] = _coerce(recipe.training[key], hints[key], f"training.{key}")
+
+    if recipe.algorithm.name == "prm_pipeline":
+        from rlkit.trainers.prm_pipeline import PipelineError, pipeline_settings
+
+        try:
+            pipeline_settings(recipe.training)
+        except PipelineError as e:
+            raise RecipeError(str(e)) from None
 
     _check_data_source(recipe.data.train, "data.train", base_dir)
     if recipe.data.eval:

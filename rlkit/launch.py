@@ -150,6 +150,10 @@ def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:
         from rlkit.trainers.critique import train_critique_verifier
 
         train_critique_verifier(recipe, run_dir)
+    elif algo == "prm_pipeline":
+        from rlkit.trainers.prm_pipeline import run_prm_pipeline
+
+        run_prm_pipeline(recipe, run_dir)
     else:
         raise NotImplementedError(f"algorithm {algo!r} has no runner yet")
 

@@ -40,11 +40,13 @@ def test_grpo_examples(name, tmp_path):
 
 @pytest.mark.slow
 def test_label_train_and_evaluate_prm_examples(tmp_path, shared_data):
-    out = tmp_path / "prm_data"
+    out = tmp_path / "runs"
     res = run_example("label_and_train_prm.py", "--tiny", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
-    prm = out / "prm"
-    assert (prm / "model.safetensors").is_file() and (out / "consensus.jsonl").is_file()
+    (run,) = [p for p in out.iterdir() if p.name.startswith("prm_pipeline_embedded")]
+    prm = run / "prm" / "final"
+    assert (prm / "model.safetensors").is_file() and (run / "data" / "consensus.jsonl").is_file()
+    assert "[6/6] held-out:" in res.stdout and (run / "report" / "index.md").is_file()
     res = run_example("evaluate_prm_processbench.py", "--prm", str(prm), "--data",
                       str(shared_data / "processbench"), "--limit", "8", "--out", str(tmp_path / "eval"))
     assert res.returncode == 0, res.stderr[-3000:]

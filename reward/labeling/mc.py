@@ -38,14 +38,16 @@ def _prompt_of(completer: Any, problem: str) -> str:
     return fn(problem) if callable(fn) else f"{problem}{STEP_JOIN}"
 
 
-def step_prefixes(completer: Any, problem: str, steps: Sequence[str]) -> list[str]:
-    """The text to continue after each step but the last (``len(steps) - 1`` prefixes)."""
+def step_prefixes(completer: Any, problem: str, steps: Sequence[str], step_join: str = STEP_JOIN) -> list[str]:
+    """The text to continue after each step but the last (``len(steps) - 1`` prefixes). ``step_join`` is the
+    text between steps: keep it equal to the separator the responses were split on (``"\\n"`` for
+    one-step-per-line responses), so a prefix reads as the model wrote it."""
     head = _prompt_of(completer, problem)
-    return [head + STEP_JOIN.join(steps[: k + 1]) + STEP_JOIN for k in range(len(steps) - 1)]
+    return [head + step_join.join(steps[: k + 1]) + step_join for k in range(len(steps) - 1)]
 
 
 def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "hard",
-                  verify: Callable[[str, str], bool] | None = None) -> dict:
+                  verify: Callable[[str, str], bool] | None = None, step_join: str = STEP_JOIN) -> dict:
     """Label one item ``{"id", "problem", "steps", "reference"}``; returns a labelled record.
 
     The record adds ``labels`` (up to and including the first negative step), ``earliest_error`` (-1: none),
@@ -59,16 +61,16 @@ def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "
     if verify is None:
         from reward.models.verifier import is_correct as verify
     steps, ref = list(item["steps"]), str(item["reference"])
-    prefixes = step_prefixes(completer, item["problem"], steps)
+    prefixes = step_prefixes(completer, item["problem"], steps, step_join)
     outs = completer(prefixes, n) if prefixes else []
     if len(outs) != len(prefixes) or any(len(o) != n for o in outs):
         raise ValueError(f"completer returned {[len(o) for o in outs]} completions for {len(prefixes)} "
                          f"prefixes x {n}")
     counts = []
     for k, comps in enumerate(outs):
-        partial = STEP_JOIN.join(steps[: k + 1]) + STEP_JOIN
+        partial = step_join.join(steps[: k + 1]) + step_join
         counts.append(sum(bool(verify(partial + c, ref)) for c in comps))
-    counts.append(n if verify(STEP_JOIN.join(steps), ref) else 0)
+    counts.append(n if verify(step_join.join(steps), ref) else 0)
     labels: list[float] = []
     earliest = -1
     for k, c in enumerate(counts):
@@ -83,7 +85,7 @@ def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "
 
 def run_mc(items: Iterable[Mapping], completer: Completer, output: str, n: int = 8, mode: str = "hard",
            verify: Callable[[str, str], bool] | None = None, progress: Callable[[str], None] | None = None,
-           limit: int | None = None) -> dict[str, int]:
+           limit: int | None = None, step_join: str = STEP_JOIN) -> dict[str, int]:
     """Label ``items`` into the JSONL ``output``, one appended line per finished item; resumable.
 
     Items whose id is already in ``output`` are skipped, so an interrupted run continues where it stopped.
@@ -99,7 +101,7 @@ def run_mc(items: Iterable[Mapping], completer: Completer, output: str, n: int =
                 continue
             if limit is not None and stats["labelled"] >= limit:
                 break
-            rec = mc_label_item(it, completer, n=n, mode=mode, verify=verify)
+            rec = mc_label_item(it, completer, n=n, mode=mode, verify=verify, step_join=step_join)
             w.write(rec)
             stats["labelled"] += 1
             stats["with_error"] += rec["earliest_error"] != -1

@@ -1,0 +1,162 @@
+"""The one-recipe PRM loop (algorithm prm_pipeline): sample -> MC + judge labels -> consensus -> PRM -> evaluation.
+
+A scripted completer writes responses with known errors (a wrong step says "bad", a right one "good") and rolls
+out MC completions that reach the answer exactly when the prefix has no wrong step; a scripted judge agrees
+with the truth except on errors at step 1, which it places at step 0. So every count of the run is known in
+advance, and a tiny PRM can learn the task ("bad" marks a wrong step).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlkit.config import RecipeError, load_recipe
+from rlkit.data import arithmetic_problems
+from rlkit.trainers.prm_pipeline import as_processbench, bon_groups, run_prm_pipeline, split_problems
+
+REPO = Path(__file__).resolve().parents[1]
+N_PROBLEMS, SAMPLES = 12, 4
+
+
+def _answer(ref: str) -> str:
+    return ref.split("####")[-1].strip()
+
+
+def _response(problem: dict, j: int) -> str:
+    """Sample j: even -> right; 1 -> wrong at step 0; 3 -> wrong at step 1 (wrong answer either way)."""
+    lines = [ln for ln in problem["answer"].split("\n") if not ln.startswith("####")]
+    steps = [f"good {ln}" for ln in lines] + [f"The answer is {_answer(problem['answer'])}."]
+    if j % 2:
+        k = 0 if j == 1 else 1
+        steps[k] = steps[k].replace("good", "bad")
+        steps[-1] = "The answer is 0." if k < len(steps) - 1 else "bad The answer is 0."
+    return "\n".join(steps)
+
+
+class ScriptedCompleter:
+    def __init__(self, problems):
+        self.by_q = {p["question"]: p for p in problems}
+        self.calls = 0
+
+    def prompt(self, q: str) -> str:
+        return f"Q: {q}\nA:\n"
+
+    def __call__(self, prefixes, n):
+        self.calls += 1
+        out = []
+        for pre in prefixes:
+            q = re.match(r"Q: (.*)\nA:\n", pre, re.S).group(1)
+            p = self.by_q[q]
+            if pre.endswith("A:\n"):  # sampling
+                out.append([_response(p, j) for j in range(n)])
+            else:  # MC rollout from a step prefix
+                ans = "0" if "bad" in pre[pre.index("A:\n"):] else _answer(p["answer"])
+                out.append([f"The answer is {ans}."] * n)
+        return out
+
+
+def scripted_judge(problems, steps, refs):
+    out = []
+    for st in steps:
+        truth = next((i for i, s in enumerate(st) if "bad" in s), -1)
+        out.append(0 if truth == 1 else truth)
+    return out
+
+
+def _expected():
+    problems = arithmetic_problems(N_PROBLEMS, seed=0)
+    train_idx, held_idx = split_problems(N_PROBLEMS, 0.25, 42)
+    kept_train = 0
+    for i in train_idx:
+        kept_train += sum(1 for j in range(SAMPLES) if j != 3)  # errors at step 1 are judged at step 0: dropped
+    steps = sum(len(_response(p, j).split("\n")) for p in problems for j in range(SAMPLES))
+    return problems, train_idx, held_idx, kept_train, steps
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_dirs):
+    problems, *_ = _expected()
+    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml", [
+        f"model={tiny_dirs['policy']}", f"data.num_train={N_PROBLEMS}", f"training.samples_per_problem={SAMPLES}",
+        "training.mc_rollouts=2", "training.min_kept=4", "training.num_train_epochs=12",
+        "training.learning_rate=3e-3", "training.per_device_train_batch_size=8", "training.report_to=[]"])
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    summary = run_prm_pipeline(recipe, run_dir, completer=ScriptedCompleter(problems), judge=scripted_judge)
+    return run_dir, summary
+
+
+def test_every_stage_count_is_the_hand_computed_one(pipeline_run):
+    run_dir, s = pipeline_run
+    _, train_idx, held_idx, kept_train, steps = _expected()
+    n = N_PROBLEMS * SAMPLES
+    assert s["responses"] == {"problems": N_PROBLEMS, "sampled": n, "kept": n, "no_steps": 0, "steps": steps,
+                              "train_problems": len(train_idx), "heldout_problems": len(held_idx)}
+    assert s["mc"] == {"total": n, "skipped": 0, "labelled": n, "with_error": n // 2}
+    assert s["judge"]["labelled"] == n and s["judge"]["unparsable"] == 0 and s["judge"]["with_error"] == n // 2
+    # kept: right responses and errors at step 0 (3 of 4 samples); dropped: errors at step 1
+    assert s["consensus"] == {"kept": 3 * N_PROBLEMS, "total": n}
+    assert s["label_source"] == "consensus"
+    assert s["consensus_kept_train"] == kept_train == s["prm_train_records"]
+    assert s["prm_heldout_records"] == 3 * len(held_idx)
+    kept = [json.loads(x) for x in (run_dir / "data" / "consensus.jsonl").read_text().splitlines()]
+    assert all(r["earliest_error"] in (-1, 0) for r in kept)
+    assert "judge_earlier" in (run_dir / "report" / "consensus.md").read_text()
+
+
+def test_trained_prm_beats_its_initialisation_on_heldout_problems(pipeline_run):
+    run_dir, s = pipeline_run
+    acc = s["heldout_step_accuracy"]
+    print(json.dumps({k: s["evaluation"][k]["earliest_error"] for k in s["evaluation"]}), acc)
+    assert acc["trained"] >= 0.9 and acc["trained"] > acc["init"], acc
+    ee = {k: v["earliest_error"] for k, v in s["evaluation"].items()}
+    assert ee["trained"]["f1"] > ee["init"]["f1"], ee
+    assert ee["trained"]["n"] == s["prm_heldout_records"]
+    bon = s["evaluation"]["trained"]["best_of_n"]
+    assert bon["n_problems"] == len(_expected()[2]) and bon["N"] == SAMPLES
+    assert bon["pass@n"] == 1.0 and bon["bon"]["min"] == 1.0  # a right response exists; min picks it
+    for f in ("index.md", "trained/earliest_error/report.md", "trained/best_of_n/report.md",
+              "init/best_of_n/bon.png"):
+        assert (run_dir / "report" / f).is_file(), f
+    from reward.registry import build_reward
+
+    prm = build_reward("qwen-prm", model=s["model_dir"], splitter={"mode": "newline"})
+    held = [json.loads(x) for x in (run_dir / "data" / "prm_heldout.jsonl").read_text().splitlines()]
+    right = next(r for r in held if r["earliest_error"] == -1)
+    wrong = next(r for r in held if r["earliest_error"] == 0 and r["problem"] == right["problem"])
+    a, b = prm.score([right["problem"]] * 2, ["\n".join(right["steps"]), "\n".join(wrong["steps"])], None)
+    assert len(a.scores) == len(right["steps"]) and b.scores[0] < 0.5 < a.scores[0], (a.scores, b.scores)
+
+
+def test_pipeline_helpers():
+    assert split_problems(8, 0.25, 0)[1] == sorted(split_problems(8, 0.25, 0)[1]) and \
+        len(split_problems(8, 0.25, 0)[1]) == 2
+    assert split_problems(2, 0.9, 0)[0] and split_problems(2, 0.9, 0)[1]
+    recs = [{"id": "p0-s0", "problem": "q", "steps": ["a", "b"], "earliest_error": 1},
+            {"id": "p0-s1", "problem": "q", "steps": ["a"], "earliest_error": None}]
+    assert as_processbench(recs) == [{"id": "p0-s0", "problem": "q", "steps": ["a", "b"], "label": 1}]
+    groups = bon_groups([{"id": "p3-s0", "problem": "q", "reference": "1", "response": "x"},
+                         {"id": "p3-s1", "problem": "q", "reference": "1", "response": "y"}])
+    assert groups == [{"problem": "q", "reference": "1", "responses": ["x", "y"]}]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("training.label_mode=fuzzy", "training.label_mode: unknown value 'fuzzy'"),
+    ("training.heldout_fraction=1.5", "training.heldout_fraction: must be in (0, 1)"),
+    ("distribution=zero2", "prm_pipeline samples and labels in one process"),
+    ("training.mc_rollout=3", "unknown key 'training.mc_rollout'"),
+])
+def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_path):
+    with pytest.raises(RecipeError, match=re.escape(needle)):
+        load_recipe("prm_pipeline_embedded", [override])
+    if override != "training.label_mode=fuzzy":  # the command line path once is enough
+        return
+    r = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", "prm_pipeline_embedded", "--set", override,
+                        "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=str(REPO))
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
