@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,13 @@ def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type
         kwargs["args"].remove_unused_columns = False
 
 
-def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dict[str, Any]:
+def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
+                 deepspeed_file: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
-    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM)."""
+    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM).
+
+    ``deepspeed_file``: the DeepSpeed config of a distributed recipe (default ``run_dir/deepspeed.json``,
+    written by rlkit.launch; a sub-run such as the critique verifier's stage 2 passes its parent's file)."""
     from rlkit.launch import cuda_available
 
     # always this run's folder: an earlier run in the same process must not capture its logs
@@ -41,7 +46,7 @@ def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any]) -> dic
     if not cuda:
         kw["bf16"] = False
     if recipe.distribution != "none":
-        kw["deepspeed"] = str(run_dir / "deepspeed.json")
+        kw["deepspeed"] = str(deepspeed_file or run_dir / "deepspeed.json")
     return kw
 
 
@@ -60,6 +65,83 @@ def single_rank_hf():
         yield
     finally:
         hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def is_main_process() -> bool:
+    """True on global rank 0, or when no process group is running (a plain single-process run)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across all ranks when a process group is running; nothing otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def load_backbone_tokenizer(name: str, tokenizer: Any = None) -> tuple[str, Any]:
+    """(local path or hub id, tokenizer) for a model to build a classifier or SFT model from.
+
+    ``embedded:...`` names resolve through rlkit.models. The tokenizer is ``tokenizer`` when given, else the
+    model's own; it gets the eos token as pad token when it has none (batches are padded).
+    """
+    from transformers import AutoTokenizer
+
+    path = name
+    if isinstance(name, str) and name.startswith("embedded:"):
+        from rlkit.models import resolve_model
+
+        path = str(resolve_model(name))
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return path, tok
+
+
+def save_final(trainer: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save the trained model and ``tokenizer`` to ``out_dir/final`` atomically; returns that folder.
+
+    Every rank calls it (under ZeRO-3 ``save_model`` gathers the shards, so all ranks must join). The model
+    goes to ``out_dir/.final.tmp`` first; rank 0 adds the tokenizer and renames the folder to ``final`` (an
+    older ``final`` is replaced), so ``final`` is never half-written. All ranks wait until the rename is done:
+    a rank that reads ``final`` next finds it complete.
+    """
+    out_dir = Path(out_dir)
+    final, tmp = out_dir / "final", out_dir / ".final.tmp"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if main:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
+    """Write a run summary as JSON atomically (temp file + rename; NaN written as null), on rank 0 only."""
+    import json
+    import math
+
+    from reward.labeling.io import atomic_write_text
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    if is_main_process():
+        atomic_write_text(path, json.dumps(clean(summary), indent=2, default=str))
 
 
 def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -214,33 +213,27 @@ def sft_stage(model_path: str, examples: Sequence[Mapping], out_dir: str | Path,
               tokenizer: Any = None) -> dict[str, Any]:
     """Stage 1: TRL ``SFTTrainer`` on the critique examples; saves model + tokenizer to ``out_dir``."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    path = model_path
-    if isinstance(path, str) and path.startswith("embedded:"):
-        from rlkit.models import resolve_model
+    from rlkit.trainers.common import load_backbone_tokenizer, save_final, single_rank_hf
 
-        path = resolve_model(path)
-    tok = tokenizer or AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path)
+    path, tok = load_backbone_tokenizer(model_path, tokenizer)
+    with single_rank_hf():  # whole on every rank; under ZeRO-3 the DeepSpeed engine partitions it
+        model = AutoModelForCausalLM.from_pretrained(path)
     ds = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     out_dir = Path(out_dir)
     args = SFTConfig(**dict(sft_kwargs, output_dir=str(out_dir / "checkpoints")))
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    if len(trainer.train_dataset) == 0:  # TRL drops examples whose critique is cut off entirely
+        raise CritiqueDataError(f"stage 1: no critique fits sft_max_length={args.max_length} tokens after "
+                                f"its prompt (all {len(ds)} examples dropped); raise training.sft_max_length")
     result = trainer.train()
-    final, tmp = out_dir / "final", out_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+    final = save_final(trainer, tok, out_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"model_dir": str(final), "train_loss": result.training_loss, "global_step": trainer.state.global_step,
-            "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None}
+    return {"model_dir": str(final), "train_loss": result.training_loss,
+            "global_step": trainer.state.global_step, "first_logged_loss": losses[0] if losses else None,
+            "last_logged_loss": losses[-1] if losses else None, "losses": losses}
 
 
 # ----------------------------------------------------------------------------------------------- weights check
@@ -269,13 +262,17 @@ def max_abs_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -
 
 
 def load_backbone(path: str) -> dict[str, torch.Tensor]:
+    """:func:`backbone_state` of a causal LM folder / name, loaded whole by this rank (not ZeRO-3 sharded)."""
     from transformers import AutoModelForCausalLM
+
+    from rlkit.trainers.common import single_rank_hf
 
     if path.startswith("embedded:"):
         from rlkit.models import resolve_model
 
-        path = resolve_model(path)
-    return backbone_state(AutoModelForCausalLM.from_pretrained(path))
+        path = str(resolve_model(path))
+    with single_rank_hf():
+        return backbone_state(AutoModelForCausalLM.from_pretrained(path))
 
 
 # ----------------------------------------------------------------------------------------------- recipe entry
@@ -332,9 +329,16 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
     ``run_dir/stage1/final`` (a causal LM), stage 2 to ``run_dir/stage2/final``: with ``stage2: prm`` it loads
     as ``qwen-prm``, with ``stage2: orm`` as ``orm``. ``judge``: a built llm-judge (or callable) replacing
     ``judge_model``.
+
+    Distributed (ZeRO-2/3 through ``distribution:``, every rank calls this): both stages train on all ranks
+    with the run's DeepSpeed config; the weight comparisons, the critique file and ``critique_summary.json``
+    (written atomically) are rank 0's, so on other ranks the comparison fields of the returned summary are
+    None.
     """
-    from reward.labeling.io import read_records
     from transformers import set_seed
+
+    from reward.labeling.io import read_records
+    from rlkit.trainers.common import is_main_process, single_rank_hf, wait_for_everyone, write_summary
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -362,46 +366,58 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
             from rlkit.models import resolve_model
 
             jm = resolve_model(jm)
-        judge = build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
-                             max_new_tokens=cfg["judge_max_new_tokens"])
+        with single_rank_hf():
+            judge = build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
+                                 max_new_tokens=cfg["judge_max_new_tokens"])
     examples, fstats = build_feedback(records, cfg["feedback"], judge)
-    print(f"[critique] stage 1 feedback ({cfg['feedback']}): {json.dumps(fstats)}")
+    if is_main_process():
+        print(f"[critique] stage 1 feedback ({cfg['feedback']}): {json.dumps(fstats)}")
     if not examples:
         raise CritiqueDataError(f"{src}: no record gave a critique example")
     from reward.labeling.io import atomic_write_jsonl
 
-    atomic_write_jsonl(run_dir / "stage1" / "critiques.jsonl", examples)
+    if is_main_process():
+        atomic_write_jsonl(run_dir / "stage1" / "critiques.jsonl", examples)
     stage1 = sft_stage(recipe.model, examples, run_dir / "stage1", _sft_kwargs(recipe, run_dir, cfg))
     stage1["feedback"] = fstats
 
     # ---- stage 2: the stage-1 checkpoint as a PRM / ORM
-    base_state = load_backbone(recipe.model)
-    s1_state = load_backbone(stage1["model_dir"])
+    # the weight comparisons load extra copies: rank 0 alone does them (every rank trains)
+    main = is_main_process()
+    s1_state = load_backbone(stage1["model_dir"]) if main else None
+    base_change = max_abs_diff(s1_state, load_backbone(recipe.model)) if main else None
     train_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     s2_training = {k: v for k, v in recipe.training.items() if k in train_fields}
     s2_data = dataclasses.replace(recipe.data, train=cfg["stage2_data"] or recipe.data.train)
+    ds_file = run_dir / "deepspeed.json" if recipe.distribution != "none" else None
+    init_diff = None
     if cfg["stage2"] == "prm":
         from rlkit.trainers.prm import prm_from_causal_lm, train_prm
 
-        init_model, _ = prm_from_causal_lm(stage1["model_dir"])
         s2_recipe = dataclasses.replace(recipe, model=stage1["model_dir"], data=s2_data, training=s2_training,
                                         algorithm=dataclasses.replace(recipe.algorithm, name="prm"))
-        init_diff = max_abs_diff(backbone_state(init_model), s1_state)
-        del init_model
-        stage2 = train_prm(s2_recipe, run_dir / "stage2", max_length=cfg["stage2_max_length"])
+        if main:
+            with single_rank_hf():
+                init_model, _ = prm_from_causal_lm(stage1["model_dir"])
+            init_diff = max_abs_diff(backbone_state(init_model), s1_state)
+            del init_model
+        stage2 = train_prm(s2_recipe, run_dir / "stage2", max_length=cfg["stage2_max_length"],
+                           deepspeed_file=ds_file)
     else:
         from rlkit.trainers.orm import orm_from_causal_lm, train_orm
 
         s2_training["max_length"] = cfg["stage2_max_length"]
         s2_recipe = dataclasses.replace(recipe, model=stage1["model_dir"], data=s2_data, training=s2_training,
                                         algorithm=dataclasses.replace(recipe.algorithm, name="orm"))
-        model, tok = orm_from_causal_lm(stage1["model_dir"])
-        init_diff = max_abs_diff(backbone_state(model), s1_state)
-        stage2 = train_orm(s2_recipe, run_dir / "stage2", model=model, tokenizer=tok)
+        with single_rank_hf():
+            model, tok = orm_from_causal_lm(stage1["model_dir"])
+        if main:
+            init_diff = max_abs_diff(backbone_state(model), s1_state)
+        stage2 = train_orm(s2_recipe, run_dir / "stage2", model=model, tokenizer=tok, deepspeed_file=ds_file)
     summary = {"stage1": stage1, "stage2_kind": cfg["stage2"], "stage2": stage2,
-               "stage1_max_change_from_base": max_abs_diff(s1_state, base_state),
+               "stage1_max_change_from_base": base_change,
                "stage2_init_max_diff_from_stage1": init_diff,
                "model_dir": stage2["model_dir"]}
-    (run_dir / "critique_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_summary(run_dir / "critique_summary.json", summary)
+    wait_for_everyone()
     return summary
-

@@ -41,8 +41,6 @@ Example (sketch; ``rows`` as read by :func:`read_group_rows`)::
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -53,12 +51,7 @@ from transformers import Trainer, TrainingArguments
 
 from reward.labeling.io import PROBLEM_KEYS, REFERENCE_KEYS, LabelDataError, read_jsonl
 from reward.models._hf import render_chat
-
-try:  # the recipe optimizer hook (ondare/onties)
-    from rlkit.optim.trainer_hook import RecipeOptimizerMixin
-except ImportError:  # pragma: no cover
-    class RecipeOptimizerMixin:  # type: ignore[no-redef]
-        pass
+from rlkit.optim.trainer_hook import RecipeOptimizerMixin
 
 
 class ORMDataError(ValueError):
@@ -240,16 +233,11 @@ def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None):
     ``embedded:...`` names resolve through rlkit.models. The tokenizer gets a pad token when it lacks one, and
     the model config the tokenizer's pad id (HF sequence classifiers find each row's last token through it).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    path = name
-    if isinstance(name, str) and name.startswith("embedded:"):
-        from rlkit.models import resolve_model
+    from rlkit.trainers.common import load_backbone_tokenizer
 
-        path = resolve_model(name)
-    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    path, tok = load_backbone_tokenizer(name, tokenizer)
     kw: dict[str, Any] = {"num_labels": 1}
     if dtype is not None:
         kw["dtype"] = dtype
@@ -417,7 +405,24 @@ def _load_groups(src: str, limit: int | None) -> tuple[list[dict], dict[str, int
     return label_groups(rows)
 
 
-def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def evaluate_saved_orm(model_dir: str | Path, groups: Sequence[Mapping], tokenizer: Any,
+                       system_prompt: str | None = None, max_length: int | None = 2048, batch_groups: int = 8
+                       ) -> dict[str, Any]:
+    """:func:`ranking_metrics` of a saved ORM folder, loaded by this rank alone through the ``orm`` reward's
+    loader (full weights, no ZeRO-3 sharding: see ``rlkit.trainers.common.single_rank_hf``)."""
+    from reward.models._hf import load_model
+    from rlkit.trainers.common import single_rank_hf
+
+    with single_rank_hf():
+        model, _ = load_model(str(model_dir), "sequence-classification", tokenizer=tokenizer)
+        try:
+            return ranking_metrics(model, groups, tokenizer, system_prompt, max_length, batch_groups)
+        finally:
+            del model
+
+
+def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: Any = None,
+              deepspeed_file: str | Path | None = None) -> dict[str, Any]:
     """Train a listwise outcome RM from a recipe (``algorithm.name: orm``) into ``run_dir``; returns a summary.
 
     ``model``: the causal LM to start from (or an ORM folder to continue). ``data.train`` / ``data.eval``:
@@ -427,27 +432,38 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
     tokenizer are saved to ``run_dir/final``, loadable with ``build_reward("orm", model=run_dir + "/final")``.
     ``model`` / ``tokenizer`` arguments (built objects) replace the recipe's model (the critique verifier's
     stage 2 passes its stage-1 checkpoint this way).
+
+    Distributed (ZeRO-2/3, every rank calls this): the model is loaded whole on each rank (outside ZeRO-3's
+    ``zero.Init``; the DeepSpeed engine partitions it), held-out ranking metrics are measured on rank 0 alone
+    (before training on the in-memory model, after training on the saved ``final`` folder) and rank 0 writes
+    ``orm_summary.json`` atomically. Other ranks return the summary without the evaluation fields.
+    ``deepspeed_file``: the DeepSpeed config when it is not ``run_dir/deepspeed.json`` (a sub-run).
     """
     from transformers import set_seed
+
+    from rlkit.trainers.common import (is_main_process, save_final, single_rank_hf, trainer_args,
+                                       write_summary)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
+    main = is_main_process()
     train_groups, tstats = _load_groups(recipe.data.train, recipe.data.num_train)
-    print(f"[orm] train groups: {json.dumps(tstats)}")
+    if main:
+        print(f"[orm] train groups: {json.dumps(tstats)}")
     if not train_groups:
         raise ORMDataError(f"{recipe.data.train}: no problem has both a correct and an incorrect response "
                            f"({tstats['all_correct']} all correct, {tstats['all_wrong']} all wrong)")
     eval_groups, estats = ([], None)
     if recipe.data.eval and recipe.data.num_eval != 0:
         eval_groups, estats = _load_groups(recipe.data.eval, recipe.data.num_eval)
-        print(f"[orm] eval groups: {json.dumps(estats)}")
+        if main:
+            print(f"[orm] eval groups: {json.dumps(estats)}")
     if model is None:
-        model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer)
+        with single_rank_hf():  # whole on every rank, even when an earlier trainer config is alive
+            model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer)
     sp = recipe.data.system_prompt
-    from rlkit.trainers.common import trainer_args
-
-    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False})
+    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
     kw["remove_unused_columns"] = False
     args = ListwiseRMConfig(**kw)
     train_ds = build_orm_dataset(train_groups, tokenizer, sp, args.max_length)
@@ -455,33 +471,19 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
     opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
     trainer = ListwiseRMTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                                 optimizer_cfg=opt_cfg)
-
-    def measure(m):
-        if not eval_groups:
-            return None
-        return ranking_metrics(m, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
-
-    before = measure(model)
+    measure = bool(eval_groups) and main
+    before = (ranking_metrics(model, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
+              if measure else None)
     result = trainer.train()
-    final, tmp = run_dir / "final", run_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    after = measure(trainer.model)
+    final = save_final(trainer, tokenizer, run_dir)
+    after = (evaluate_saved_orm(final, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
+             if measure else None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"model_dir": str(final), "train": tstats, "eval_groups": estats, "train_loss": result.training_loss,
                "first_logged_loss": losses[0] if losses else None,
-               "last_logged_loss": losses[-1] if losses else None,
-               "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step}
-    if trainer.is_world_process_zero():
-        (run_dir / "orm_summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+               "last_logged_loss": losses[-1] if losses else None, "losses": losses,
+               "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step,
+               "world_size": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled}
+    write_summary(run_dir / "orm_summary.json", summary)
+    trainer.accelerator.wait_for_everyone()
     return summary
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return str(v)

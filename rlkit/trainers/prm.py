@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,12 +34,7 @@ import torch
 from transformers import Trainer
 
 from reward.models.qwen_prm import DEFAULT_SYSTEM_PROMPT, format_prm_input
-
-try:  # the recipe optimizer hook (ondare/onties) when the optim package provides it
-    from rlkit.optim.trainer_hook import RecipeOptimizerMixin
-except ImportError:  # pragma: no cover - until rlkit/optim/trainer_hook.py lands
-    class RecipeOptimizerMixin:  # type: ignore[no-redef]
-        pass
+from rlkit.optim.trainer_hook import RecipeOptimizerMixin
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +68,11 @@ def prm_from_causal_lm(name: str, tokenizer: Any = None, separator: str = SEPARA
     initialised. ``embedded:...`` names resolve through rlkit.models. The tokenizer gets a pad token and the
     separator (as a special token) when it lacks them.
     """
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForTokenClassification
 
-    path = name
-    if isinstance(name, str) and name.startswith("embedded:"):
-        from rlkit.models import resolve_model
+    from rlkit.trainers.common import load_backbone_tokenizer
 
-        path = resolve_model(name)
-    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    path, tok = load_backbone_tokenizer(name, tokenizer)
     kw = {"num_labels": 2, "id2label": {0: "wrong", 1: "correct"}, "label2id": {"wrong": 0, "correct": 1}}
     if dtype is not None:
         kw["dtype"] = dtype
@@ -250,14 +239,6 @@ def step_accuracy(model: Any, examples: Sequence[Mapping], batch_size: int = 16,
 
 
 # ----------------------------------------------------------------------------------------------- recipe entry
-def _deepspeed_config(distribution: str) -> dict | None:
-    if distribution in (None, "none"):
-        return None
-    stage = {"zero2": 2, "zero3": 3}[distribution]
-    return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": stage}}
-
-
 def _read_records(src: str, limit: int | None = None) -> list[dict]:
     from reward.labeling.io import read_records
 
@@ -265,8 +246,24 @@ def _read_records(src: str, limit: int | None = None) -> list[dict]:
     return recs[:limit] if limit is not None else recs
 
 
+def evaluate_saved_prm(model_dir: str | os.PathLike, examples: Sequence[Mapping], pad_token_id: int
+                       ) -> dict[str, float]:
+    """:func:`step_accuracy` of a saved PRM folder, loaded by this rank alone through the ``qwen-prm`` loader
+    (full weights, no ZeRO-3 sharding: see ``rlkit.trainers.common.single_rank_hf``)."""
+    from reward.models._hf import load_model
+    from rlkit.trainers.common import single_rank_hf
+
+    with single_rank_hf():
+        model, _ = load_model(str(model_dir), "token-classification")
+        try:
+            return step_accuracy(model, examples, pad_token_id=pad_token_id)
+        finally:
+            del model
+
+
 def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None = None,
-              max_length: int | None = None) -> dict[str, Any]:
+              max_length: int | None = None, deepspeed_file: str | os.PathLike | None = None
+              ) -> dict[str, Any]:
     """Train a PRM from a recipe (``algorithm.name: prm``) into ``run_dir``; returns a summary dict.
 
     ``model``: the causal LM to start from. ``data.train`` / ``data.eval``: labelled JSONL files (the output
@@ -277,17 +274,26 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     ``max_length`` (default False / 2048) may also come from ``algorithm.soft_labels`` /
     ``algorithm.max_length`` when the recipe schema has them. The final model is saved to ``run_dir/final``
     and loads with ``build_reward("qwen-prm", model=run_dir + "/final")``.
+
+    Distributed (ZeRO-2/3, every rank calls this): the model is loaded whole on each rank (outside ZeRO-3's
+    ``zero.Init``; the DeepSpeed engine partitions it), held-out evaluation runs on rank 0 alone (before
+    training on the in-memory model, after training on the saved ``final`` folder), and rank 0 writes
+    ``prm_summary.json`` atomically. Other ranks return the summary without the evaluation fields.
+    ``deepspeed_file``: the DeepSpeed config when it is not ``run_dir/deepspeed.json`` (a sub-run).
     """
     from transformers import TrainingArguments, set_seed
+
+    from rlkit.trainers.common import (is_main_process, save_final, single_rank_hf, trainer_args,
+                                       write_summary)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
     train_recs = _read_records(recipe.data.train, recipe.data.num_train)
     eval_recs = _read_records(recipe.data.eval, recipe.data.num_eval) if recipe.data.eval else []
-    model, tok = prm_from_causal_lm(recipe.model)
+    with single_rank_hf():  # whole on every rank, even while an earlier trainer config of this process lives
+        model, tok = prm_from_causal_lm(recipe.model)
     system_prompt = recipe.data.system_prompt if recipe.data.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
-    training = dict(recipe.training)
     soft = bool(soft_labels if soft_labels is not None else getattr(recipe.algorithm, "soft_labels", False))
     max_length = int(max_length or getattr(recipe.algorithm, "max_length", None) or 2048)
     train_ds, tstats = build_prm_dataset(train_recs, tok, system_prompt=system_prompt, max_length=max_length,
@@ -296,35 +302,26 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
         raise PRMDataError(f"{recipe.data.train}: no record has a labelled step that fits {max_length} tokens")
     eval_ds = build_prm_dataset(eval_recs, tok, system_prompt=system_prompt, max_length=max_length,
                                 soft=soft) if eval_recs else None
-    print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
-    try:  # the shared recipe -> trainer-config rules (output folder, DeepSpeed file, CPU, seed, logging)
-        from rlkit.trainers.common import trainer_args
-
-        kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False})
-    except ImportError:  # pragma: no cover - plain-python use without the recipe runner
-        kw = dict(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not torch.cuda.is_available(),
-                  deepspeed=_deepspeed_config(recipe.distribution), **training)
+    main = is_main_process()
+    if main:
+        print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
+    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
     kw["remove_unused_columns"] = False
     args = TrainingArguments(**kw)
     opt = recipe.optimizer
     opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
     trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tok, optimizer_cfg=opt_cfg)
-    before = step_accuracy(model, eval_ds, pad_token_id=tok.pad_token_id) if eval_ds else None
+    before = step_accuracy(model, eval_ds, pad_token_id=tok.pad_token_id) if eval_ds and main else None
     result = trainer.train()
-    final = run_dir / "final"
-    tmp = run_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    after = step_accuracy(trainer.model, eval_ds, pad_token_id=tok.pad_token_id) if eval_ds else None
+    final = save_final(trainer, tok, run_dir)
+    after = evaluate_saved_prm(final, eval_ds, tok.pad_token_id) if eval_ds and main else None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"model_dir": str(final), "train": tstats, "train_loss": result.training_loss,
                "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-               "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step}
-    if trainer.is_world_process_zero():
-        (run_dir / "prm_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+               "losses": losses, "eval_before": before, "eval_after": after,
+               "global_step": trainer.state.global_step, "world_size": trainer.accelerator.num_processes,
+               "deepspeed": trainer.is_deepspeed_enabled}
+    write_summary(run_dir / "prm_summary.json", summary)
+    trainer.accelerator.wait_for_everyone()
     return summary
