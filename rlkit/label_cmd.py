@@ -37,6 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--batch-size", type=int, default=4, help="prefixes (mc) / responses (judge) per call")
+    g.add_argument("--items-per-call", type=int, default=1,
+                   help="responses whose step prefixes share one completer call (bigger batches, faster)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("judge")
     g.add_argument("--judge", help="critic model for llm-judge (path, hub id or embedded:NAME)")
@@ -115,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--method mc needs --completer MODEL")
         if args.n < 1:
             raise UsageError("--n must be >= 1")
+        if args.items_per_call < 1:
+            raise UsageError("--items-per-call must be >= 1")
         _check_model(args.completer, "--completer")
         from reward.labeling.io import ResumableWriter
         from reward.labeling.mc import build_completer, run_mc
@@ -123,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         comp = build_completer(args.completer, backend=args.backend, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed)
         stats = run_mc(items, comp, args.output, n=args.n, mode="soft" if args.soft else "hard",
-                       progress=lambda s: print(s, file=sys.stderr), limit=args.limit)
+                       progress=lambda s: print(s, file=sys.stderr), limit=args.limit,
+                       items_per_call=args.items_per_call)
     else:
         if not args.judge:
             raise UsageError("--method judge needs --judge MODEL")

@@ -108,6 +108,32 @@ def test_mc_resumable_no_duplicates(tmp_path):
     assert len(read_records(out)) == 5
 
 
+def test_mc_items_per_call_same_records_fewer_calls(tmp_path):
+    def completer(prefixes, n):
+        calls.append(len(prefixes))
+        return [[WRONG if "73" in p else RIGHT] * n for p in prefixes]
+
+    items = [dict(GOOD, id="g"), dict(BAD_END, id="b"), item(["\\boxed{72}"], id_="one"), dict(GOOD, id="g2")]
+    calls: list[int] = []
+    run_mc(items, completer, str(tmp_path / "one.jsonl"), n=2)
+    assert calls == [2, 2, 2]  # one call per item with prefixes; a one-step item needs none
+    calls.clear()
+    run_mc(items, completer, str(tmp_path / "three.jsonl"), n=2, items_per_call=3)
+    assert calls == [4, 2]  # items 1-3 share a call (2 + 2 + 0 prefixes), item 4 alone
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "_line"} for r in rs]  # noqa: E731
+    one, three = strip(read_jsonl(tmp_path / "one.jsonl")), strip(read_jsonl(tmp_path / "three.jsonl"))
+    assert one == three and [r["earliest_error"] for r in one] == [-1, 1, -1, -1]
+    assert [r["labels"] for r in one] == [[1, 1, 1], [1, 0], [1], [1, 1, 1]]
+    # newline-separated responses: prefixes joined as written
+    calls.clear()
+    got = []
+    run_mc([dict(GOOD, id="n")], lambda p, n: (got.extend(p), always_right(p, n))[1],
+           str(tmp_path / "nl.jsonl"), n=1, step_join="\n")
+    assert got[1].endswith("48 / 2 = 24 in May.\n48 + 24 = 72.\n")
+    with pytest.raises(ValueError, match="items_per_call"):
+        run_mc(items, completer, str(tmp_path / "x.jsonl"), items_per_call=0)
+
+
 def test_resumable_writer_refuses_foreign_file(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text("hello\n")

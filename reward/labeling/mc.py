@@ -3,8 +3,9 @@
 A step is labelled from the completions that continue the response after it: hard label 1 when at least one
 completion reaches the reference answer (the default, "any" was best in the Qwen2.5-Math-PRM study), soft
 label = the fraction that do. The final step needs no rollout: its label is the verifier's check of the whole
-response. Steps after the first negative step (no completion right) are dropped, and no rollouts are spent
-on them.
+response. Steps after the first negative step (no completion right) are dropped from the labels. All step
+prefixes of a response (of several, with ``items_per_call``) are rolled out in one completer call, since one
+large generation batch costs far less than a call per step.
 
 The completer is any callable ``complete(prefixes: list[str], n: int) -> list[list[str]]`` returning n
 continuations of each prefix. A prefix is the text to continue: ``completer.prompt(problem)`` (when the
@@ -54,18 +55,35 @@ def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "
     ``mc_correct`` (right completions per rolled-out step; the final step's entry is n or 0 from the
     verifier), ``mc_n`` and ``method: "mc"``.
     """
+    return mc_label_items([item], completer, n, mode, verify, step_join)[0]
+
+
+def mc_label_items(items: Sequence[Mapping], completer: Completer, n: int = 8, mode: str = "hard",
+                   verify: Callable[[str, str], bool] | None = None, step_join: str = STEP_JOIN) -> list[dict]:
+    """Label several items with one completer call for all their step prefixes (bigger generation batches:
+    much faster on CPU and GPU alike); one record per item, as :func:`mc_label_item` gives."""
     if mode not in ("hard", "soft"):
         raise ValueError(f"unknown MC label mode {mode!r} (allowed: hard, soft)")
     if n < 1:
         raise ValueError(f"MC needs n >= 1 completions, got {n}")
     if verify is None:
         from reward.models.verifier import is_correct as verify
-    steps, ref = list(item["steps"]), str(item["reference"])
-    prefixes = step_prefixes(completer, item["problem"], steps, step_join)
+    per_item = [step_prefixes(completer, it["problem"], list(it["steps"]), step_join) for it in items]
+    prefixes = [p for ps in per_item for p in ps]
     outs = completer(prefixes, n) if prefixes else []
     if len(outs) != len(prefixes) or any(len(o) != n for o in outs):
         raise ValueError(f"completer returned {[len(o) for o in outs]} completions for {len(prefixes)} "
                          f"prefixes x {n}")
+    records, at = [], 0
+    for it, ps in zip(items, per_item):
+        records.append(_record(it, outs[at:at + len(ps)], n, mode, verify, step_join))
+        at += len(ps)
+    return records
+
+
+def _record(item: Mapping, outs: Sequence[Sequence[str]], n: int, mode: str, verify: Callable[[str, str], bool],
+            step_join: str) -> dict:
+    steps, ref = list(item["steps"]), str(item["reference"])
     counts = []
     for k, comps in enumerate(outs):
         partial = step_join.join(steps[: k + 1]) + step_join
@@ -85,29 +103,31 @@ def mc_label_item(item: Mapping, completer: Completer, n: int = 8, mode: str = "
 
 def run_mc(items: Iterable[Mapping], completer: Completer, output: str, n: int = 8, mode: str = "hard",
            verify: Callable[[str, str], bool] | None = None, progress: Callable[[str], None] | None = None,
-           limit: int | None = None, step_join: str = STEP_JOIN) -> dict[str, int]:
+           limit: int | None = None, step_join: str = STEP_JOIN, items_per_call: int = 1) -> dict[str, int]:
     """Label ``items`` into the JSONL ``output``, one appended line per finished item; resumable.
 
     Items whose id is already in ``output`` are skipped, so an interrupted run continues where it stopped.
+    ``items_per_call`` items share one completer call (their records are written when it returns).
     Returns counts: total, skipped (already done), labelled, with_error.
     """
+    if items_per_call < 1:
+        raise ValueError(f"items_per_call must be >= 1, got {items_per_call}")
     items = list(items)
     stats = {"total": len(items), "skipped": 0, "labelled": 0, "with_error": 0}
     t0 = time.time()
     with ResumableWriter(output) as w:
-        for it in items:
-            if str(it["id"]) in w.done:
-                stats["skipped"] += 1
-                continue
-            if limit is not None and stats["labelled"] >= limit:
-                break
-            rec = mc_label_item(it, completer, n=n, mode=mode, verify=verify, step_join=step_join)
-            w.write(rec)
-            stats["labelled"] += 1
-            stats["with_error"] += rec["earliest_error"] != -1
-            if progress:
-                progress(f"[mc] {stats['labelled'] + stats['skipped']}/{stats['total']} id={it['id']} "
-                         f"labels={rec['labels']} ({time.time() - t0:.0f}s)")
+        todo = [it for it in items if str(it["id"]) not in w.done]
+        stats["skipped"] = len(items) - len(todo)
+        if limit is not None:
+            todo = todo[:limit]
+        for i in range(0, len(todo), items_per_call):
+            for rec in mc_label_items(todo[i:i + items_per_call], completer, n, mode, verify, step_join):
+                w.write(rec)
+                stats["labelled"] += 1
+                stats["with_error"] += rec["earliest_error"] != -1
+                if progress:
+                    progress(f"[mc] {stats['labelled'] + stats['skipped']}/{stats['total']} id={rec['id']} "
+                             f"labels={rec['labels']} ({time.time() - t0:.0f}s)")
     return stats
 
 

@@ -59,7 +59,8 @@ class PRMPipelineConfig(TrainingArguments):
     label_mode: str = field(default="hard", metadata={"help": "hard (any completion right) | soft (fraction)"})
     max_new_tokens: int = field(default=128, metadata={"help": "tokens per sampled response and MC completion"})
     sample_temperature: float = field(default=0.8)
-    sample_batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    sample_batch_size: int = field(default=8, metadata={"help": "prompts per generate call; also responses "
+                                                                    "per MC completer call and judge call"})
     step_split: str = field(default="newline", metadata={"help": "newline | double_newline"})
     judge_model: str | None = field(default=None, metadata={"help": "llm-judge model (default: the policy)"})
     judge_max_new_tokens: int = field(default=192)
@@ -223,7 +224,7 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     # ---- MC labels
     t0 = time.time()
     mstats = run_mc(items, completer, str(data_dir / "mc.jsonl"), n=int(cfg["mc_rollouts"]),
-                    mode=cfg["label_mode"], step_join=step_join)
+                    mode=cfg["label_mode"], step_join=step_join, items_per_call=int(cfg["sample_batch_size"]))
     lap("mc", t0)
     _say(f"[2/6] MC labels ({cfg['mc_rollouts']} rollouts a step, {cfg['label_mode']}): {json.dumps(mstats)} "
          f"({timings['mc']}s)")
