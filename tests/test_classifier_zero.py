@@ -1,12 +1,13 @@
 """The classifier trainers (PRM, listwise ORM, two-stage critique verifier) under DeepSpeed ZeRO-2 and ZeRO-3
 on 2 CPU processes, through `rlkit train <recipe> --set distribution=zero2|zero3` on tiny models.
 
-Four runs (each ~1 minute on 2 shared CPU cores, most of it imports): `prm_train` at ZeRO-2 and ZeRO-3, and
-`critique_verifier` with an ORM stage 2 at ZeRO-2 and ZeRO-3 (stage 1 is TRL's SFTTrainer, stage 2 is
-`train_orm`, so the SFT, PRM and ORM trainers all run under both stages). Checked: the runs finish and leave
-their summary; ZeRO-2 and ZeRO-3 give the same losses, the same saved weights and the same held-out metrics;
-the saved folders hold full tensors (no (0,)-shaped ZeRO-3 placeholders) that moved away from the start and
-load back through the reward registry, whose scores agree with the rank-0 evaluation in the summary.
+Four runs (each ~1 minute on 2 shared CPU cores, most of it imports): `prm_train` at ZeRO-2 and ZeRO-3,
+and `critique_verifier` with an ORM stage 2 (two-layer head) at ZeRO-2 and ZeRO-3 (stage 1 is TRL's
+SFTTrainer, stage 2 is `train_orm`, so the SFT, PRM and ORM trainers all run under both stages). Checked: the
+runs finish and leave their summary; ZeRO-2 and ZeRO-3 give the same losses, the same saved weights and the
+same held-out metrics; the saved folders hold full tensors (no (0,)-shaped ZeRO-3 placeholders) that moved
+away from the start and load back through the reward registry, whose scores agree with the rank-0 evaluation
+in the summary.
 DeepSpeed compiles its shm_comm_op extension on first use (~40 s, cached in TORCH_EXTENSIONS_DIR).
 """
 
@@ -170,6 +171,10 @@ def test_critique_with_orm_stage2_zero2_and_zero3(critique_runs, tiny_dirs, data
     s2 = {z: _weights(run / "stage2" / "final") for z, run in critique_runs.items()}
     for z in s2:
         _assert_full_and_trained(s2[z], start)
+        # the two-layer scalar head, gathered whole under ZeRO-3
+        head = {k: tuple(v.shape) for k, v in s2[z].items() if k.startswith("score.")}
+        assert head == {"score.0.weight": (64, 64), "score.0.bias": (64,), "score.2.weight": (1, 64),
+                        "score.2.bias": (1,)}
     _assert_same_weights(s2["zero2"], s2["zero3"], max_move=2e-3)  # 2 steps at lr 1e-3
 
     # the stage-2 folder loads as `orm`; its ranking metrics equal the rank-0 evaluation in the summary

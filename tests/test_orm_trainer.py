@@ -146,7 +146,8 @@ def synthetic_groups(n_problems: int, seed: int, n: int = 6) -> list[dict]:
 def test_tiny_orm_learns_beats_init_and_loads_as_orm(tmp_path, tiny_dirs, tok):
     lm = testing.tiny_causal_lm(tok)  # the weights saved in tiny_dirs["policy"]
     model, tok = orm_from_causal_lm(tiny_dirs["policy"])
-    assert type(model).__name__ == "Qwen2ForSequenceClassification" and model.config.num_labels == 1
+    assert type(model).__name__ == "Qwen2ForSequenceClassificationMLP2" and model.config.num_labels == 1
+    assert model.config.rlkit_score_head == "mlp2" and model.score[0].weight.shape == (64, 64)
     assert torch.equal(model.model.embed_tokens.weight, lm.model.embed_tokens.weight)  # backbone from the LM
     train_groups, tstats = label_groups(synthetic_groups(64, seed=1))
     held_groups, hstats = label_groups(synthetic_groups(32, seed=2))

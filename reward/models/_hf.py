@@ -31,6 +31,76 @@ _AUTO_CLASSES = {
 }
 
 
+# ----------------------------------------------------------------------------------------------- score heads
+SCORE_HEAD_KEY = "rlkit_score_head"
+SCORE_HEADS = ("linear", "mlp2")
+
+
+class ScalarMLPHead(torch.nn.Sequential):
+    """The Qwen2.5-Math-RM value head: ``Linear(h, h) -> ReLU -> Linear(h, num_labels)`` (biases on).
+
+    Used as the ``score`` layer of a transformers sequence classifier; its weights are saved under
+    ``score.0.*`` and ``score.2.*``.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int = 1) -> None:
+        super().__init__(torch.nn.Linear(hidden_size, hidden_size), torch.nn.ReLU(),
+                         torch.nn.Linear(hidden_size, num_labels))
+
+
+_MLP_HEAD_CLASSES: dict[type, type] = {}
+
+
+def mlp_head_class(base: type) -> type:
+    """``base`` (a transformers ``*ForSequenceClassification`` class whose head is a linear ``score``) with
+    :class:`ScalarMLPHead` as its ``score`` layer. The subclass is built once per base class and registered in
+    this module (so it pickles); ``from_pretrained`` on it loads ``score.0.*`` / ``score.2.*`` like any other
+    weight (missing ones are reported, never silently re-initialised)."""
+    cls = _MLP_HEAD_CLASSES.get(base)
+    if cls is not None:
+        return cls
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, config, *args, **kwargs)
+        if not isinstance(getattr(self, "score", None), torch.nn.Linear):
+            raise RewardError(f"{base.__name__} has no linear `score` head to replace with the mlp2 head")
+        self.score = ScalarMLPHead(config.get_text_config().hidden_size, config.num_labels)
+        self.post_init()  # initialises the new head when built from a config; from_pretrained loads it
+
+    name = f"{base.__name__}MLP2"
+    cls = type(name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+                               "__doc__": f"{base.__name__} with a two-layer scalar head (rlkit mlp2)."})
+    globals()[name] = cls
+    _MLP_HEAD_CLASSES[base] = cls
+    return cls
+
+
+def score_head_of(config: Any) -> str | None:
+    """The head a sequence-classifier config records (``rlkit_score_head``); None for plain HF classifiers."""
+    head = getattr(config, SCORE_HEAD_KEY, None)
+    if head is not None and head not in SCORE_HEADS:
+        raise RewardError(f"unknown {SCORE_HEAD_KEY} {head!r} in the model config "
+                          f"(known: {', '.join(SCORE_HEADS)})")
+    return head
+
+
+def sequence_classifier_class(config: Any, head: str | None = None) -> type:
+    """The transformers class that builds/loads a sequence classifier with ``head`` ("linear": the
+    architecture's own class; "mlp2": :func:`mlp_head_class` of it). ``head`` None: the one ``config``
+    records, else "linear"."""
+    from transformers import AutoModelForSequenceClassification
+
+    head = head or score_head_of(config) or "linear"
+    if head not in SCORE_HEADS:
+        raise RewardError(f"unknown score head {head!r} (known: {', '.join(SCORE_HEADS)})")
+    try:
+        base = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except KeyError:
+        raise RewardError(f"no sequence-classification class for model type "
+                          f"{getattr(config, 'model_type', '?')!r}") from None
+    return base if head == "linear" else mlp_head_class(base)
+
+
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
     """``None``/"auto": the model's current device for a built model, else CUDA when available, else CPU."""
     if device is None or device == "auto":
@@ -81,7 +151,9 @@ def load_model(source: Any, kind: str, *, tokenizer: Any = None, device: str | t
     ``source`` is a path / hub id or a built ``torch.nn.Module``. ``kind`` picks the transformers auto class
     ("token-classification", "sequence-classification", "causal-lm"). With ``trust_remote_code=True`` and a
     config whose ``auto_map`` names ``remote_auto_class`` (e.g. the Qwen2.5-Math-PRM checkpoints, which map
-    ``AutoModel`` to their own process-reward class), that class is used instead. A built model is moved to
+    ``AutoModel`` to their own process-reward class), that class is used instead. A sequence classifier whose
+    config records ``rlkit_score_head: mlp2`` (rlkit's listwise ORM) is built with that head before its
+    weights load (:func:`sequence_classifier_class`). A built model is moved to
     ``device`` only when one is given, and its dtype is kept unless ``dtype`` is an explicit dtype.
     """
     if kind not in _AUTO_CLASSES:
@@ -111,6 +183,8 @@ def load_model(source: Any, kind: str, *, tokenizer: Any = None, device: str | t
     auto_map = getattr(config, "auto_map", None) or {}
     if trust_remote_code and remote_auto_class in auto_map:
         cls = getattr(transformers, remote_auto_class)
+    elif kind == "sequence-classification" and score_head_of(config) == "mlp2":
+        cls = sequence_classifier_class(config, "mlp2")  # rlkit's two-layer head, rebuilt before loading
     else:
         cls = getattr(transformers, _AUTO_CLASSES[kind])
     hint = ""

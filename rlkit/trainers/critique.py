@@ -297,6 +297,7 @@ class CritiqueVerifierConfig(TrainingArguments):
     sft_gradient_accumulation_steps: int = field(default=1)
     sft_max_length: int = field(default=1024)
     stage2_max_length: int = field(default=2048)
+    stage2_score_head: str = field(default="auto", metadata={"help": "stage2: orm: auto | mlp2 | linear"})
 
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(CritiqueVerifierConfig)} - \
@@ -347,6 +348,9 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
     cfg = {**defaults, **{k: v for k, v in recipe.training.items() if k in _OWN_FIELDS}}
     if cfg["stage2"] not in STAGE2_KINDS:
         raise CritiqueDataError(f"training.stage2: unknown value {cfg['stage2']!r} (allowed: prm, orm)")
+    if cfg["stage2_score_head"] not in ("auto", "mlp2", "linear"):
+        raise CritiqueDataError(f"training.stage2_score_head: unknown value {cfg['stage2_score_head']!r} "
+                                f"(allowed: auto, mlp2, linear)")
     if cfg["feedback"] not in FEEDBACK_SOURCES:
         raise CritiqueDataError(f"training.feedback: unknown value {cfg['feedback']!r} "
                                 f"(allowed: {', '.join(FEEDBACK_SOURCES)})")
@@ -410,7 +414,7 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
         s2_recipe = dataclasses.replace(recipe, model=stage1["model_dir"], data=s2_data, training=s2_training,
                                         algorithm=dataclasses.replace(recipe.algorithm, name="orm"))
         with single_rank_hf():
-            model, tok = orm_from_causal_lm(stage1["model_dir"])
+            model, tok = orm_from_causal_lm(stage1["model_dir"], head=cfg["stage2_score_head"])
         if main:
             init_diff = max_abs_diff(backbone_state(model), s1_state)
         stage2 = train_orm(s2_recipe, run_dir / "stage2", model=model, tokenizer=tok, deepspeed_file=ds_file)

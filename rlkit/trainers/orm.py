@@ -13,12 +13,13 @@ and the batch loss is the mean of the per-problem losses, so every problem weigh
 One training example is one whole problem (all its responses); ``per_device_train_batch_size`` counts
 problems.
 
-Head: the model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` on the policy-family
-backbone (backbone weights from the causal LM, LM head dropped, fresh head). That is the standard ``score``
-layer, a single ``Linear(h, 1)``, **not** the two-layer ``Linear(h, h) -> ReLU -> Linear(h, 1)`` head of
-Qwen2.5-Math-RM: a custom head is not loadable by ``AutoModelForSequenceClassification`` without shipping
-custom code, and the requirement here is that the saved folder loads as the ``orm`` reward with no code
-change and no ``trust_remote_code``. See docs/outcome_rms.md for the trade-off.
+Head: the model is the policy-family backbone (an ``AutoModelForSequenceClassification`` architecture with
+``num_labels=1``; backbone weights from the causal LM, LM head dropped) with the Qwen2.5-Math-RM scalar head
+``Linear(h, h) -> ReLU -> Linear(h, 1)`` as its ``score`` layer (``training.score_head: mlp2``, the default
+for a causal LM; ``linear`` keeps the architecture's single ``Linear(h, 1)``). The saved config records the
+head (``rlkit_score_head``) and the ``orm`` reward's loader rebuilds it before the weights load, so the folder
+loads with ``build_reward("orm", model=<dir>)``, no code shipped and no ``trust_remote_code``; plain HF
+sequence classifiers (no ``rlkit_score_head``) load as before.
 
 Input layout: exactly what the ``orm`` reward scores (:func:`encode_orm_input`: the tokenizer's chat
 template of [system (optional), user = problem, assistant = response], cut from the left at ``max_length``),
@@ -225,23 +226,52 @@ class GroupCollator:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None):
+SCORE_HEAD_CHOICES = ("auto", "mlp2", "linear")
+
+
+def existing_score_head(config: Any) -> str | None:
+    """The head of a folder that already is a sequence classifier ("mlp2" / "linear"); None for a causal LM."""
+    from reward.models._hf import score_head_of
+
+    head = score_head_of(config)
+    if head is not None:
+        return head
+    archs = getattr(config, "architectures", None) or []
+    return "linear" if any(str(a).endswith("ForSequenceClassification") for a in archs) else None
+
+
+def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None, head: str = "auto"):
     """(sequence classifier with one output, tokenizer) from a causal LM (or an existing ORM) folder / name.
 
-    The backbone weights come from the causal LM (its LM head is dropped); the ``score`` head is new. An
-    existing one-output sequence classifier folder loads with its head (to continue training).
-    ``embedded:...`` names resolve through rlkit.models. The tokenizer gets a pad token when it lacks one, and
-    the model config the tokenizer's pad id (HF sequence classifiers find each row's last token through it).
+    The backbone weights come from the causal LM (its LM head is dropped) and the scalar head is new:
+    ``head="mlp2"`` (the default for a causal LM) is the Qwen2.5-Math-RM head ``Linear(h, h) -> ReLU ->
+    Linear(h, 1)`` (``reward.models._hf.ScalarMLPHead``), ``"linear"`` the architecture's own ``score`` layer
+    (``Linear(h, 1)``, no bias). The choice is recorded in the config (``rlkit_score_head``), which is how the
+    ``orm`` reward rebuilds the head when it loads the saved folder. An existing sequence classifier folder
+    (rlkit ORM or a plain HF one) loads with its trained head (to continue training); asking it for another
+    head is an error, as its trained head would be dropped. ``embedded:...`` names resolve through
+    rlkit.models. The tokenizer gets a pad token when it lacks one, and the model config the tokenizer's pad
+    id (HF sequence classifiers find each row's last token through it).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
+    from reward.models._hf import sequence_classifier_class
     from rlkit.trainers.common import load_backbone_tokenizer
 
+    if head not in SCORE_HEAD_CHOICES:
+        raise ValueError(f"score head: unknown value {head!r} (allowed: {', '.join(SCORE_HEAD_CHOICES)})")
     path, tok = load_backbone_tokenizer(name, tokenizer)
+    config = AutoConfig.from_pretrained(path)
+    has = existing_score_head(config)
+    if has is not None and head not in ("auto", has):
+        raise ValueError(f"{name} already is an ORM with a trained {has!r} head; score head {head!r} would "
+                         f"drop it (use 'auto' or {has!r})")
+    chosen = has or ("mlp2" if head == "auto" else head)
     kw: dict[str, Any] = {"num_labels": 1}
     if dtype is not None:
         kw["dtype"] = dtype
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
+    model = sequence_classifier_class(config, chosen).from_pretrained(path, **kw)
+    model.config.rlkit_score_head = chosen
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
@@ -254,10 +284,19 @@ class ListwiseRMConfig(TrainingArguments):
 
     ``max_length``: longest input per response (cut from the left, like the ``orm`` reward).
     ``eval_batch_groups``: problems per forward pass in :func:`ranking_metrics`.
+    ``score_head``: "mlp2" (``Linear(h, h) -> ReLU -> Linear(h, 1)``), "linear" (the architecture's
+    ``Linear(h, 1)``) or "auto" (an existing ORM's own head, else mlp2); see :func:`orm_from_causal_lm`.
     """
 
     max_length: int = field(default=2048, metadata={"help": "longest ORM input (tokens), cut from the left"})
     eval_batch_groups: int = field(default=8, metadata={"help": "problems per batch when measuring ranking"})
+    score_head: str = field(default="auto", metadata={"help": "auto | mlp2 | linear: the scalar head"})
+
+    def __post_init__(self) -> None:
+        if self.score_head not in SCORE_HEAD_CHOICES:
+            raise ValueError(f"training.score_head: unknown value {self.score_head!r} "
+                             f"(allowed: {', '.join(SCORE_HEAD_CHOICES)})")
+        super().__post_init__()
 
 
 class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
@@ -461,7 +500,8 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
             print(f"[orm] eval groups: {json.dumps(estats)}")
     if model is None:
         with single_rank_hf():  # whole on every rank, even when an earlier trainer config is alive
-            model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer)
+            model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer,
+                                                  head=recipe.training.get("score_head", "auto"))
     sp = recipe.data.system_prompt
     kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
     kw["remove_unused_columns"] = False
