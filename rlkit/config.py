@@ -1,7 +1,8 @@
 """Recipe schema: a YAML file -> validated dataclasses, with one-line errors naming the key path.
 
 Everything is checked before any model loads: unknown keys, wrong types, unknown registered names (reward,
-credit mode, optimizer, algorithm), trainer fields unknown to the TRL/transformers config, missing data files.
+credit mode, optimizer, algorithm), trainer fields unknown to the TRL/transformers config, missing data files,
+LoRA settings (``peft:``) and the combinations that cannot train a LoRA policy.
 
 Example:
     >>> r = load_recipe("recipes/grpo_prm_quickstart.yaml", overrides=["training.max_steps=2"])
@@ -100,6 +101,32 @@ class GenerationConfig:
 
 
 @dataclass
+class PeftConfig:
+    """LoRA for the policy of ``grpo``/``ppo`` recipes: the top-level ``peft:`` block (absent or null: full
+    fine-tuning). Becomes ``peft.LoraConfig(task_type="CAUSAL_LM", ...)`` passed to the trainer as
+    ``peft_config``: only the adapter trains, the KL reference is the adapter-disabled base model, and
+    ``policy/`` is the adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    ``target_modules``: ``all-linear`` (every linear layer but the output head), a list of module names
+    (``[q_proj, v_proj]``), or a regular expression matched against full module names.
+    ``lora_dropout``: only takes effect with ``training.disable_dropout: false`` (TRL turns dropout off in RL).
+    """
+
+    r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+    def to_lora_config(self):
+        """The ``peft.LoraConfig`` this block describes."""
+        from peft import LoraConfig
+
+        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        return LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.lora_alpha,
+                          lora_dropout=self.lora_dropout, target_modules=targets)
+
+
+@dataclass
 class Recipe:
     """A whole training run. See docs/recipes.md for every key."""
 
@@ -111,6 +138,7 @@ class Recipe:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    peft: PeftConfig | None = None
     distribution: str = "none"
     num_processes: int = 2
     training: dict[str, Any] = field(default_factory=dict)
@@ -150,18 +178,31 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message (e.g. an unknown key inside an optional block)
+            return _coerce(value, real[0], path)
+        deeper = None  # a member that matched the value's shape but not its contents says more (list item...)
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, path)
-            except RecipeError:
+            except RecipeError as e:
+                if deeper is None and not str(e).startswith(f"{path}:"):
+                    deeper = e
                 continue
+        if deeper is not None:
+            raise deeper
         raise RecipeError(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise RecipeError(f"{path}: expected a mapping, got {value!r}")
         return _from_dict(tp, value, path)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{path}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if value is None:
             return {}
@@ -330,6 +371,54 @@ def _check_data_source(src: str, path: str, base_dir: Path | None) -> None:
             raise RecipeError(f"{path}: data file not found: {src}")
 
 
+PEFT_ALGORITHMS = ("grpo", "ppo")
+# training: keys people write for LoRA (TRL's script arguments, other toolkits); pointed at the peft: block
+_LORA_TRAINING_KEY = re.compile(r"^(use_peft|use_lora|peft.*|lora.*)$")
+
+
+def _optimizer_alpha(args: dict[str, Any]) -> float | None:
+    try:
+        return float(args.get("alpha", 1e-7))
+    except (TypeError, ValueError):
+        return None  # build_optimizer reports it
+
+
+def _check_peft(recipe: Recipe) -> None:
+    """The ``peft:`` block: its values, and the recipe parts that cannot train a LoRA policy."""
+    pc = recipe.peft
+    if pc is None:
+        return
+    if recipe.algorithm.name not in PEFT_ALGORITHMS:
+        raise RecipeError(f"peft: LoRA is supported for algorithm.name {' and '.join(PEFT_ALGORITHMS)} only, "
+                          f"not {recipe.algorithm.name!r} (remove the peft: block)")
+    if pc.r < 1:
+        raise RecipeError(f"peft.r: the LoRA rank must be >= 1, got {pc.r}")
+    if pc.lora_alpha <= 0:
+        raise RecipeError(f"peft.lora_alpha: must be > 0, got {pc.lora_alpha:g}")
+    if not 0.0 <= pc.lora_dropout < 1.0:
+        raise RecipeError(f"peft.lora_dropout: must be in [0, 1), got {pc.lora_dropout:g}")
+    tm = pc.target_modules
+    if not tm or (isinstance(tm, list) and not all(isinstance(m, str) and m.strip() for m in tm)) \
+            or (isinstance(tm, str) and not tm.strip()):
+        raise RecipeError(f"peft.target_modules: expected 'all-linear', a regular expression or a non-empty list "
+                          f"of module names (e.g. [q_proj, v_proj]), got {tm!r}")
+    if isinstance(tm, str) and tm != "all-linear":
+        try:
+            re.compile(tm)
+        except re.error as e:
+            raise RecipeError(f"peft.target_modules: {tm!r} is neither 'all-linear' nor a valid regular "
+                              f"expression ({e})") from None
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise RecipeError("peft: the package peft is not installed: pip install 'peft>=0.17'")
+    opt = recipe.optimizer
+    if opt.name != "adamw" and (opt.name != "ondare" or _optimizer_alpha(opt.args) != 0.0):
+        raise RecipeError(f"peft: optimizer {opt.name} cannot train a LoRA policy (online merging needs "
+                          "theta_SFT - theta_base, which adapter weights do not have); use optimizer: "
+                          "{name: ondare, args: {alpha: 0}} (update dropout only) or adamw")
+
+
 def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     """Semantic checks that need registries or the file system (no model is loaded)."""
     _choice(recipe.algorithm.name, ALGORITHMS, "algorithm.name")
@@ -353,6 +442,7 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
                           "ZeRO with algorithm.name: prm on the pipeline's data/prm_train.jsonl")
     if recipe.num_processes < 1:
         raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
+    _check_peft(recipe)
 
     from reward.registry import available, check_reward_args
 
@@ -373,6 +463,9 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     for key in list(recipe.training):
         if key in _MANAGED_TRAINING_KEYS:
             raise RecipeError(f"training.{key}: set by rlkit from the recipe (use the top-level keys instead)")
+        if key not in allowed and _LORA_TRAINING_KEY.match(key):
+            raise RecipeError(f"training.{key}: LoRA is the recipe's top-level peft: block, not a trainer field "
+                              "(e.g. peft: {r: 16, lora_alpha: 32, target_modules: all-linear}; see docs/recipes.md)")
         if key not in allowed:
             close = sorted(k for k in allowed if key.split("_")[0] in k)[:8]
             hint = f"; similar: {', '.join(close)}" if close else ""

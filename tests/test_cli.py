@@ -101,7 +101,8 @@ def test_recipe_reference_documents_every_key():
     from rlkit import config
 
     text = (REPO / "docs" / "recipes.md").read_text()
-    for cls in (config.Recipe, config.DataConfig, config.AlgorithmConfig, config.GenerationConfig):
+    for cls in (config.Recipe, config.DataConfig, config.AlgorithmConfig, config.GenerationConfig,
+                config.PeftConfig):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in text, f"docs/recipes.md misses {cls.__name__}.{f.name}"
     for name in config.ALGORITHMS + config.CREDIT_MODES + config.OPTIMIZERS:

@@ -487,7 +487,7 @@ PPO_DEFAULTS = dict(num_generations=2, per_device_train_batch_size=4, max_comple
 
 
 def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) -> PRMPPOTrainer:
-    """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend).
+    """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend, LoRA).
     PPO fields (gamma, lam, vf_coef, kl_coef, critic_model, ...) go under the recipe's ``training:`` block."""
     from rlkit.models import load_tokenizer, resolve_model
     from rlkit.trainers.common import build_step_reward, load_datasets, trainer_args
@@ -506,10 +506,12 @@ def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) ->
     return (trainer_cls or PRMPPOTrainer)(
         model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
         args=PRMPPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
+        peft_config=recipe.peft.to_lora_config() if recipe.peft is not None else None,
         aggregation=alg.aggregation, outcome_reward=alg.outcome_reward, outcome_weight=alg.outcome_weight,
         steps_growth_warning=alg.steps_growth_warning,
         optimizer_cfg=None if recipe.optimizer.name == "adamw" and not recipe.optimizer.args
         else {"name": recipe.optimizer.name, **recipe.optimizer.args})
+
 
 def run_ppo(recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
     """What ``rlkit train`` runs for ``algorithm: ppo``: train, save ``policy/`` (+ ``policy/critic/``), report."""

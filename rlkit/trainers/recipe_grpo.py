@@ -13,7 +13,7 @@ GRPO_DEFAULTS = dict(num_generations=4, per_device_train_batch_size=4, max_compl
 
 def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None = None):
     """The PRMGRPOTrainer (or ``trainer_cls``, a subclass) a recipe describes: model, data, reward, credit,
-    optimizer, generation backend."""
+    optimizer, generation backend, LoRA (``peft:``)."""
     from trl import GRPOConfig
 
     from rlkit.models import load_tokenizer, resolve_model
@@ -32,6 +32,7 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None =
     return (trainer_cls or PRMGRPOTrainer)(
         model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
         args=GRPOConfig(**kw), train_dataset=train_ds, step_reward=step_reward,
+        peft_config=recipe.peft.to_lora_config() if recipe.peft is not None else None,
         credit=alg.credit, aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
         outcome_weight=alg.outcome_weight, scale_rewards=alg.scale_rewards,
         steps_growth_warning=alg.steps_growth_warning,
