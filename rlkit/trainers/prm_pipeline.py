@@ -62,6 +62,8 @@ class PRMPipelineConfig(TrainingArguments):
     sample_batch_size: int = field(default=8, metadata={"help": "prompts per generate call; also responses "
                                                                     "per MC completer call and judge call"})
     step_split: str = field(default="newline", metadata={"help": "newline | double_newline"})
+    max_response_steps: int = field(default=8, metadata={"help": "text after this many steps joins the last "
+                                                                   "step (guards against one-token lines)"})
     judge_model: str | None = field(default=None, metadata={"help": "llm-judge model (default: the policy)"})
     judge_max_new_tokens: int = field(default=192)
     min_kept: int = field(default=16, metadata={"help": "fewer consensus-kept training responses -> MC labels"})
@@ -82,7 +84,8 @@ def pipeline_settings(training: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["step_split"] not in STEP_SPLITS:
         raise PipelineError(f"training.step_split: unknown value {cfg['step_split']!r} "
                             f"(allowed: {', '.join(STEP_SPLITS)})")
-    for k in ("samples_per_problem", "mc_rollouts", "max_new_tokens", "sample_batch_size"):
+    for k in ("samples_per_problem", "mc_rollouts", "max_new_tokens", "sample_batch_size",
+              "max_response_steps"):
         if int(cfg[k]) < 1:
             raise PipelineError(f"training.{k}: must be >= 1, got {cfg[k]}")
     if not 0.0 < float(cfg["heldout_fraction"]) < 1.0:
@@ -146,8 +149,9 @@ def bon_groups(items: Sequence[Mapping]) -> list[dict]:
     return list(by.values())
 
 
-def evaluate_prm(model_dir: str, step_split: str, train_pb: Sequence[Mapping], heldout_pb: Sequence[Mapping],
-                 heldout_groups: Sequence[Mapping], out_dir: Path, title: str) -> dict[str, Any]:
+def evaluate_prm(model_dir: str, step_split: str, max_steps: int, train_pb: Sequence[Mapping],
+                 heldout_pb: Sequence[Mapping], heldout_groups: Sequence[Mapping], out_dir: Path,
+                 title: str) -> dict[str, Any]:
     """Earliest-error identification and Best-of-N of the PRM in ``model_dir`` on the held-out data, with the
     threshold tuned on ``train_pb``; writes the two reports under ``out_dir``."""
     from reward.evaluation.bon import best_of_n, score_candidates
@@ -155,7 +159,7 @@ def evaluate_prm(model_dir: str, step_split: str, train_pb: Sequence[Mapping], h
     from reward.evaluation.report import write_bon_report, write_processbench_report
     from reward.registry import build_reward
 
-    prm = build_reward("qwen-prm", model=model_dir, splitter={"mode": step_split})
+    prm = build_reward("qwen-prm", model=model_dir, splitter={"mode": step_split, "max_steps": max_steps})
     result: dict[str, Any] = {}
     if heldout_pb:
         pb = evaluate_processbench(prm, {"heldout": heldout_pb}, threshold_split="train",
@@ -210,7 +214,7 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
                                     temperature=float(cfg["sample_temperature"]),
                                     batch_size=int(cfg["sample_batch_size"]), system_prompt=system,
                                     seed=recipe.seed)
-    splitter = StepSplitter(cfg["step_split"])
+    splitter = StepSplitter(cfg["step_split"], max_steps=int(cfg["max_response_steps"]))
     step_join = SEPARATORS.get(cfg["step_split"], STEP_JOIN)
     t0 = time.time()
     items, sstats = sample_responses(problems, completer, int(cfg["samples_per_problem"]), splitter, set(held_idx))
@@ -295,8 +299,8 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     held_groups = bon_groups([it for it in items if it["split"] == "heldout"])
     evals = {}
     for name, path in (("trained", prm_summary["model_dir"]), ("init", str(init_dir))):
-        evals[name] = evaluate_prm(path, cfg["step_split"], train_pb, held_pb, held_groups, report_dir / name,
-                                   f"{name} PRM, held-out problems")
+        evals[name] = evaluate_prm(path, cfg["step_split"], int(cfg["max_response_steps"]), train_pb, held_pb,
+                                   held_groups, report_dir / name, f"{name} PRM, held-out problems")
     lap("evaluate", t0)
     before, after = prm_summary.get("eval_before") or {}, prm_summary.get("eval_after") or {}
     summary = {"label_source": source, "responses": sstats, "mc": mstats, "judge": jstats,
