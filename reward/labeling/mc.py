@@ -199,8 +199,10 @@ class VLLMCompleter:
                  system_prompt: str | None = SYSTEM_PROMPT, seed: int | None = 0, **llm_args: Any) -> None:
         from vllm import LLM  # noqa: F401  (import error tells the caller vLLM is absent)
 
+        from rlkit.vllm_support import fixed_model_llm_kwargs
+
         path = resolve_model_path(model)
-        self.llm = LLM(model=path, seed=seed or 0, **llm_args)
+        self.llm = LLM(model=path, seed=seed or 0, **fixed_model_llm_kwargs(llm_args))
         self.tok = self.llm.get_tokenizer()
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.system_prompt, self.seed = system_prompt, seed
@@ -211,8 +213,10 @@ class VLLMCompleter:
     def __call__(self, prefixes: list[str], n: int) -> list[list[str]]:
         from vllm import SamplingParams
 
+        from rlkit.vllm_support import per_request_seed
+
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
-                            seed=self.seed)
+                            seed=per_request_seed(self.seed))
         res = self.llm.generate(prefixes, sp, use_tqdm=False)
         return [[o.text for o in r.outputs] for r in res]
 

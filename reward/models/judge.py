@@ -267,7 +267,9 @@ class LLMJudge(StepRewardModel):
             except Exception as e:  # ImportError, or vllm failing to import its own dependencies
                 raise RewardError(f"llm-judge backend 'vllm' needs an importable vllm ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); use backend: hf") from None
-            kw = {"model": model, "trust_remote_code": trust_remote_code, **(vllm_args or {})}
+            from rlkit.vllm_support import fixed_model_llm_kwargs
+
+            kw = fixed_model_llm_kwargs({"model": model, "trust_remote_code": trust_remote_code, **(vllm_args or {})})
             if dtype not in (None, "auto"):
                 kw.setdefault("dtype", dtype)
             self._llm = vllm.LLM(**kw)
