@@ -160,3 +160,17 @@ def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_
                         "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=str(REPO))
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stage_with_nothing_left_stops_with_one_line(tmp_path, tiny_dirs):
+    from rlkit.trainers.prm_pipeline import PipelineError
+
+    class Silent(ScriptedCompleter):
+        def __call__(self, prefixes, n):
+            return [["  \n "] * n for _ in prefixes]
+
+    recipe = load_recipe("prm_pipeline_embedded", [f"model={tiny_dirs['policy']}", "data.num_train=2"])
+    with pytest.raises(PipelineError, match=r"^no sampled response has a step \(8 sampled\)$"):
+        run_prm_pipeline(recipe, tmp_path, completer=Silent(arithmetic_problems(2, seed=0)), judge=scripted_judge)
+    assert not (tmp_path / "data" / "responses.jsonl").exists()
+    assert issubclass(PipelineError, RuntimeError)  # rlkit.cli prints RuntimeErrors as one 'rlkit: error:' line

@@ -45,8 +45,9 @@ LABEL_MODES = ("hard", "soft")
 STEP_SPLITS = ("newline", "double_newline")
 
 
-class PipelineError(ValueError):
-    """A pipeline stage left nothing to continue with (no responses, no labelled step); one-line message."""
+class PipelineError(RuntimeError):
+    """A pipeline setting is invalid or a stage left nothing to continue with (no responses, no labelled step);
+    the one-line message reaches the user as ``rlkit: error: ...`` (exit 1, the run folder marked FAILED)."""
 
 
 @dataclass
