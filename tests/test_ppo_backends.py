@@ -4,6 +4,7 @@ being the adapter-disabled base model, and vLLM colocate generation on CPU with 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -158,6 +159,7 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # build_ppo_trainer sets it
     was_distributed = torch.distributed.is_initialized()
+    saved_env = dict(os.environ)  # vLLM and accelerate set RANK, LOCAL_WORLD_SIZE, ... while the engine runs
 
     # vLLM's CPU attention wants a common head size (64 here)
     model = testing.tiny_causal_lm(tok, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
@@ -189,9 +191,16 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
         dtype = trainer.vllm_generation.llm.llm_engine.model_config.dtype
     finally:
         if not was_distributed:
+            from accelerate.state import AcceleratorState, PartialState
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
             cleanup_dist_env_and_memory()
+            # accelerate's process-wide state saw vLLM's group and still says "distributed": the next trainer in
+            # this process would init a group on the default port 29500 (and hold it against later launches)
+            AcceleratorState._reset_state(True)
+            PartialState._reset_state()
+            os.environ.clear()
+            os.environ.update(saved_env)
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
