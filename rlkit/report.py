@@ -110,8 +110,12 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
     out = Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     plotted = plot_curves(log_history, out / "training.png")
+    algo = recipe.algorithm
+    train = recipe.training or {}
+    credit = (f"GAE over step-end rewards (gamma {train.get('gamma', 1.0)}, lambda {train.get('lam', 0.95)})"
+              if algo.name == "ppo" else f"`{algo.credit}`")
     lines = [f"# {recipe.name}", "", recipe.description.strip(), "",
-             f"- model: `{recipe.model}`; reward: `{recipe.reward.name}`; credit: `{recipe.algorithm.credit}`;"
+             f"- model: `{recipe.model}`; reward: `{recipe.reward.name}`; algorithm: `{algo.name}`; credit: {credit};"
              f" optimizer: `{recipe.optimizer.name}`; distribution: `{recipe.distribution}`",
              f"- training steps: {max([h.get('step', 0) for h in log_history] + [0])}"]
     for r in (before, after):

@@ -219,3 +219,5 @@ def test_cli_runs_ppo_quickstart_end_to_end(tok, tmp_path, tiny_dirs):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert any("value_loss" in h for h in hist)
     assert yaml.safe_load((run / "recipe.yaml").read_text())["algorithm"]["name"] == "ppo"
+    report = (run / "report" / "index.md").read_text()
+    assert "algorithm: `ppo`; credit: GAE over step-end rewards (gamma 1.0, lambda 0.95)" in report
