@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,30 @@ def test_dense_vs_outcome_benchmark_runs(tmp_path):
     assert set(data) == {"process_grpo", "outcome"}
     assert all(len(v["heldout_accuracy"]) == 3 for v in data.values())  # steps 0, 1, 2
     assert (tmp_path / "dense_vs_outcome.png").stat().st_size > 10_000
+
+
+def _run_benchmark(name, *args, timeout=600):
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_prm_scoring_benchmark_prints_a_ratio_with_equal_scores():
+    out = _run_benchmark("prm_scoring.py", "--hidden", "32", "--layers", "1", "--responses", "4", "--repeats", "1")
+    row = [ln.split() for ln in out.splitlines() if ln.strip().startswith("32x1")]
+    assert len(row) == 1, out
+    speedup = float(row[0][4].rstrip("x"))
+    assert speedup > 0 and row[0][5].endswith("%")
+
+
+@pytest.mark.slow
+def test_grpo_overhead_and_online_merging_benchmarks_print_ratios():
+    out = _run_benchmark("grpo_overhead.py", "--steps", "2", "--completion", "8", "--hidden", "32",
+                         "--generations", "2", "--repeats", "1")
+    m = re.search(r"ratio rlkit / TRL = ([0-9.]+)", out)
+    assert m and float(m.group(1)) > 0, out
+    out = _run_benchmark("online_merging.py", "--device", "cpu", "--hidden", "64", "--layers", "1", "--warmup", "1",
+                         "--reps", "1")
+    ratios = dict(re.findall(r"^(adamw|ondare|onties)\s+step\s+[0-9.]+ ms\s+ratio\s+([0-9.]+)x", out, re.M))
+    assert set(ratios) == {"adamw", "ondare", "onties"} and float(ratios["adamw"]) == 1.0, out
