@@ -24,7 +24,7 @@ quickstart: install
 
 test: install
 	$(VENV)/bin/ruff check --select F,E9 rlkit reward tests examples benchmarks
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q --durations=25
 
 test-fast: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -m "not slow"

@@ -101,3 +101,42 @@ def save_tiny(model, tok, path) -> str:
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return str(path)
+
+
+def rlkit_train(recipe: str, out_dir, *sets: str, timeout: int = 600, cwd=None, **env: str):
+    """Run ``rlkit train RECIPE --output-dir OUT_DIR --set ...`` in a fresh Python process, as a user would.
+
+    The child gets the CPU-safe environment tests need (``DS_ACCELERATOR=cpu``, offline hub, no tokenizer
+    threads, unbuffered output) plus ``env`` (e.g. ``OMP_NUM_THREADS="1"`` for multi-process runs on 2 cores).
+    Returns the ``subprocess.CompletedProcess``; :func:`train_ok` is the asserting form.
+
+    Example::
+
+        res = rlkit_train("grpo_prm_quickstart", tmp_path, "training.max_steps=1")
+        assert res.returncode == 0, res.stderr
+    """
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "rlkit.cli", "train", str(recipe), "--output-dir", str(out_dir)]
+    for s in sets:
+        args += ["--set", s]
+    child_env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                     PYTHONUNBUFFERED="1", **env)
+    return subprocess.run(args, env=child_env, cwd=None if cwd is None else str(cwd), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train_ok(recipe: str, out_dir, *sets: str, timeout: int = 600, cwd=None, **env: str):
+    """:func:`rlkit_train` that must succeed; returns the one run folder it made under ``out_dir`` (a Path).
+
+    On failure the assertion message carries the tails of the child's stdout and stderr.
+    """
+    from pathlib import Path
+
+    res = rlkit_train(recipe, out_dir, *sets, timeout=timeout, cwd=cwd, **env)
+    assert res.returncode == 0, f"rlkit train {recipe} {list(sets)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-6000:]}"
+    runs = [p for p in Path(out_dir).iterdir() if p.is_dir()]
+    assert len(runs) == 1, f"expected one run folder in {out_dir}, found {runs}"
+    return runs[0]

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from rlkit.testing import train_ok
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -31,14 +30,7 @@ TOL = 1e-5
 
 
 def _run(out: Path, recipe: str, sets: list[str], timeout: int = 400) -> Path:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "rlkit.cli", "train", recipe, "--output-dir", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    r = subprocess.run(args, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{recipe} {sets} failed:\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
-    (run,) = list(out.iterdir())
+    run = train_ok(recipe, out, *sets, timeout=timeout, cwd=REPO, OMP_NUM_THREADS="1")
     assert not (run / "FAILED.txt").exists() and not list(run.rglob(".final.tmp"))
     return run
 

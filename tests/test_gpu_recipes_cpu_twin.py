@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rlkit.config import load_recipe
+from rlkit.testing import train_ok
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_RECIPES = ["grpo_qwen_math_prm_8gpu", "ppo_qwen_math_prm_8gpu"]
@@ -42,13 +40,7 @@ def test_gpu_recipe_cpu_twin_runs_under_zero3(name, tiny_dirs, tmp_path):
         sets += ["training.steps_per_generation=1", "training.num_iterations=1"]
     else:
         sets += ["training.gradient_accumulation_steps=1"]
-    args = [sys.executable, "-m", "rlkit.cli", "train", name, "--output-dir", str(tmp_path)]
-    for s in sets:
-        args += ["--set", s]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
-                         env=dict(os.environ, DS_ACCELERATOR="cpu"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    run = next(tmp_path.iterdir())
+    run = train_ok(name, tmp_path, *sets, cwd=REPO)
     hist = json.loads((run / "metrics.json").read_text())
     losses = [h["loss"] for h in hist if "loss" in h]
     assert losses and all(math.isfinite(x) for x in losses)

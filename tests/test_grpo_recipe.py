@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from rlkit.testing import rlkit_train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["training.max_steps=2", "training.max_completion_length=8", "training.num_generations=2",
@@ -19,12 +19,7 @@ TINY = ["training.max_steps=2", "training.max_completion_length=8", "training.nu
 
 
 def run_recipe(model_dir: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "rlkit.cli", "train", "grpo_prm_quickstart", "--output-dir", str(out),
-            "--set", f"model={model_dir}"]
-    for s in TINY + list(extra):
-        args += ["--set", s]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    return rlkit_train("grpo_prm_quickstart", out, f"model={model_dir}", *TINY, *extra, cwd=REPO)
 
 
 def _losses(run_dir: Path) -> list[float]:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from reward.base import StepRewardModel
 from reward.registry import register
 from reward.steps import StepSplitter
 from rlkit.config import RecipeError, load_recipe
+from rlkit.testing import rlkit_train, train_ok
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["training.max_steps=2", "training.max_completion_length=8", "training.num_generations=2",
@@ -97,8 +95,7 @@ def test_missing_peft_package_is_a_recipe_error(monkeypatch):
 
 def test_cli_bad_peft_exit_2_and_no_run_folder(tmp_path):
     out = tmp_path / "runs"
-    res = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", "ppo_prm_quickstart", "--output-dir", str(out),
-                          "--set", "peft.r=0"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    res = rlkit_train("ppo_prm_quickstart", out, "peft.r=0", timeout=300, cwd=REPO)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["rlkit: error: peft.r: the LoRA rank must be >= 1, got 0"]
     assert not out.exists()
@@ -168,15 +165,7 @@ def test_grpo_recipe_with_peft_trains_adapter_and_reports_on_it(tiny_dirs, tok, 
 # ----------------------------------------------------------------------------------------------- PPO via rlkit train
 
 def _rlkit_train(recipe: str, out: Path, *sets: str, timeout: int = 420) -> Path:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "rlkit.cli", "train", recipe, "--output-dir", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    res = subprocess.run(args, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-6000:]}"
-    (run,) = list(out.iterdir())
-    return run
+    return train_ok(recipe, out, *sets, timeout=timeout, cwd=REPO, OMP_NUM_THREADS="1")
 
 
 def _check_ppo_adapter_run(run: Path, tiny_dirs, tok) -> None:

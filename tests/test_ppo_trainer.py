@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from reward.base import StepRewardModel
 from reward.steps import StepSplitter, step_end_tokens
 from rlkit import credit, testing
 from rlkit.data import load_prompts
+from rlkit.testing import train_ok
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,15 +203,9 @@ def test_resume_gives_the_same_next_step_loss(tok, tmp_path, tiny_dirs):
 
 
 def test_cli_runs_ppo_quickstart_end_to_end(tok, tmp_path, tiny_dirs):
-    out = tmp_path / "runs"
-    res = subprocess.run(
-        [sys.executable, "-m", "rlkit.cli", "train", str(REPO / "recipes" / "ppo_prm_quickstart.yaml"),
-         "--set", f"model={tiny_dirs['policy']}", "--set", "training.max_steps=2",
-         "--set", "training.max_completion_length=12", "--set", "data.num_train=8", "--set", "data.num_eval=2",
-         "--set", "training.per_device_train_batch_size=4", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=str(REPO))
-    assert res.returncode == 0, res.stderr[-4000:]
-    (run,) = list(out.iterdir())
+    run = train_ok(REPO / "recipes" / "ppo_prm_quickstart.yaml", tmp_path / "runs", f"model={tiny_dirs['policy']}",
+                   "training.max_steps=2", "training.max_completion_length=12", "data.num_train=8",
+                   "data.num_eval=2", "training.per_device_train_batch_size=4", cwd=REPO)
     assert (run / "policy" / "model.safetensors").is_file() and (run / "policy" / "critic" / "config.json").is_file()
     hist = json.loads((run / "metrics.json").read_text())
     losses = [h["loss"] for h in hist if "loss" in h]

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from rlkit.testing import train_ok
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -29,16 +28,8 @@ COMMON = ["training.max_completion_length=10", "data.num_train=16", "training.le
 
 
 def _train(tmp_path, tiny_dirs, name, *sets, timeout=240):
-    out = tmp_path / name
-    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "rlkit.cli", "train", str(RECIPE), "--output-dir", str(out),
-            "--set", f"model={tiny_dirs['policy']}"]
-    for s in [*COMMON, *sets]:
-        args += ["--set", s]
-    r = subprocess.run(args, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
-    (run,) = list(out.iterdir())
+    run = train_ok(RECIPE, tmp_path / name, f"model={tiny_dirs['policy']}", *COMMON, *sets, timeout=timeout,
+                   cwd=REPO, OMP_NUM_THREADS="1")
     hist = json.loads((run / "metrics.json").read_text())
     return run, hist
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from rlkit.config import RecipeError, load_recipe
 from rlkit.data import arithmetic_problems
 from rlkit.trainers.prm_pipeline import as_processbench, bon_groups, run_prm_pipeline, split_problems
+from rlkit.testing import rlkit_train
 
 REPO = Path(__file__).resolve().parents[1]
 N_PROBLEMS, SAMPLES = 12, 4
@@ -156,8 +155,7 @@ def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_
         load_recipe("prm_pipeline_embedded", [override])
     if override != "training.label_mode=fuzzy":  # the command line path once is enough
         return
-    r = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", "prm_pipeline_embedded", "--set", override,
-                        "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=str(REPO))
+    r = rlkit_train("prm_pipeline_embedded", tmp_path / "runs", override, cwd=REPO)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
