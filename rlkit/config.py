@@ -330,6 +330,10 @@ def trainer_config_class(algorithm: str) -> type:
         from rlkit.trainers.orm import ListwiseRMConfig
 
         return ListwiseRMConfig
+    if algorithm == "prm":
+        from rlkit.trainers.prm import PRMTrainConfig
+
+        return PRMTrainConfig
     if algorithm == "critique":
         from rlkit.trainers.critique import CritiqueVerifierConfig
 
@@ -437,9 +441,6 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
         problem = vllm_problem(recipe.generation.vllm_mode)
         if problem:
             raise RecipeError(problem)
-    if recipe.algorithm.name == "prm_pipeline" and recipe.distribution != "none":
-        raise RecipeError("distribution: prm_pipeline samples and labels in one process; train the PRM under "
-                          "ZeRO with algorithm.name: prm on the pipeline's data/prm_train.jsonl")
     if recipe.num_processes < 1:
         raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
     _check_peft(recipe)

@@ -90,7 +90,8 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     """
     run_dir = new_run_dir(recipe, output_dir)
     write_run_files(recipe, run_dir)
-    if recipe.distribution == "none":
+    # the PRM pipeline samples and labels in this process and starts workers for its training stage only
+    if recipe.distribution == "none" or recipe.algorithm.name == "prm_pipeline":
         try:
             run_worker(run_dir, trainer_cls)
         except BaseException as e:
@@ -100,16 +101,28 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     if trainer_cls is not None:
         raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
                          "distributed runs")
+    try:
+        launch_workers(recipe, run_dir)
+    except RuntimeError as e:
+        mark_failed(run_dir, str(e))
+        raise
+    return run_dir
+
+
+def launch_workers(recipe: Recipe, run_dir: Path) -> None:
+    """Start ``recipe.num_processes`` workers on ``run_dir`` (which holds ``recipe.yaml`` and
+    ``deepspeed.json``, see :func:`write_run_files`) through ``accelerate launch`` and wait for them.
+
+    Raises RuntimeError when a worker fails (their errors are on this process's stderr). Used by
+    :func:`train` and by runs with a distributed sub-run (the PRM pipeline's training stage)."""
     env = dict(os.environ)
     if not cuda_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
     proc = subprocess.run(accelerate_command(recipe, run_dir), env=env)
     if proc.returncode != 0:
-        msg = f"distributed run failed with exit code {proc.returncode} (the workers' errors are printed above)"
-        mark_failed(run_dir, msg)
-        raise RuntimeError(f"{msg}; run folder {run_dir}")
-    return run_dir
+        raise RuntimeError(f"distributed run failed with exit code {proc.returncode} (the workers' errors are "
+                           f"printed above); run folder {run_dir}")
 
 
 def mark_failed(run_dir: Path, message: str) -> None:

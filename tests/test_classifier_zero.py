@@ -2,7 +2,8 @@
 on 2 CPU processes, through `rlkit train <recipe> --set distribution=zero2|zero3` on tiny models.
 
 Four runs (each ~1 minute on 2 shared CPU cores, most of it imports): `prm_train` at ZeRO-2 and ZeRO-3,
-and `critique_verifier` with an ORM stage 2 (two-layer head) at ZeRO-2 and ZeRO-3 (stage 1 is TRL's
+and `critique_verifier` with judge feedback and an ORM stage 2 (two-layer head) at ZeRO-2 and ZeRO-3 (the
+judge runs on rank 0 only; stage 1 is TRL's
 SFTTrainer, stage 2 is `train_orm`, so the SFT, PRM and ORM trainers all run under both stages). Checked: the
 runs finish and leave their summary; ZeRO-2 and ZeRO-3 give the same losses, the same saved weights and the
 same held-out metrics; the saved folders hold full tensors (no (0,)-shaped ZeRO-3 placeholders) that moved
@@ -73,7 +74,10 @@ def critique_runs(tmp_path_factory, tiny_dirs, data):
             "training.sft_max_length=256", "training.sft_learning_rate=5e-3", "training.stage2=orm",
             f"training.stage2_data={data['groups']}", "training.stage2_max_length=96", "training.max_steps=2",
             "training.per_device_train_batch_size=2", "training.learning_rate=1e-3",
-            "training.warmup_steps=0", "training.logging_steps=1", "training.report_to=[]"]
+            "training.warmup_steps=0", "training.logging_steps=1", "training.report_to=[]",
+            # stage-1 critiques from an llm-judge (greedy, so both runs get the same examples)
+            "training.feedback=judge", f"training.judge_model={tiny_dirs['policy']}",
+            "training.judge_max_new_tokens=8"]
     return {z: _run(root / z, "critique_verifier", sets + [f"distribution={z}"]) for z in ("zero2", "zero3")}
 
 
@@ -146,6 +150,10 @@ def test_critique_with_orm_stage2_zero2_and_zero3(critique_runs, tiny_dirs, data
         # rank 0's weight checks: stage 2 started from the stage-1 weights, which stage 1 moved
         assert s["stage2_init_max_diff_from_stage1"] == 0.0 and s["stage1_max_change_from_base"] > 1e-4
         assert json.loads((critique_runs[z] / "stage2" / "orm_summary.json").read_text())["global_step"] == 2
+        # the judge ran on rank 0 only; rank 1 trained on the examples rank 0 shared
+        shared = json.loads((critique_runs[z] / "stage1" / "judge_feedback.json").read_text())
+        assert shared["stats"] == s["stage1"]["feedback"]
+        assert shared["stats"]["judge_calls"] == shared["stats"]["examples"] == len(shared["examples"]) > 0
     for stage in ("stage1", "stage2"):
         assert sums["zero2"][stage]["losses"] == pytest.approx(sums["zero3"][stage]["losses"], abs=TOL)
         assert all(math.isfinite(x) for x in sums["zero3"][stage]["losses"])

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlkit.config import RecipeError, load_recipe
 from rlkit.data import arithmetic_problems
@@ -78,13 +79,16 @@ def _expected():
     return problems, train_idx, held_idx, kept_train, steps
 
 
+def _overrides(policy: str, epochs: int = 12) -> list[str]:
+    return [f"model={policy}", f"data.num_train={N_PROBLEMS}", f"training.samples_per_problem={SAMPLES}",
+            "training.mc_rollouts=2", "training.min_kept=4", f"training.num_train_epochs={epochs}",
+            "training.learning_rate=3e-3", "training.per_device_train_batch_size=8", "training.report_to=[]"]
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, tiny_dirs):
     problems, *_ = _expected()
-    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml", [
-        f"model={tiny_dirs['policy']}", f"data.num_train={N_PROBLEMS}", f"training.samples_per_problem={SAMPLES}",
-        "training.mc_rollouts=2", "training.min_kept=4", "training.num_train_epochs=12",
-        "training.learning_rate=3e-3", "training.per_device_train_batch_size=8", "training.report_to=[]"])
+    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml", _overrides(tiny_dirs["policy"]))
     run_dir = tmp_path_factory.mktemp("pipeline")
     summary = run_prm_pipeline(recipe, run_dir, completer=ScriptedCompleter(problems), judge=scripted_judge)
     return run_dir, summary
@@ -132,6 +136,28 @@ def test_trained_prm_beats_its_initialisation_on_heldout_problems(pipeline_run):
     assert len(a.scores) == len(right["steps"]) and b.scores[0] < 0.5 < a.scores[0], (a.scores, b.scores)
 
 
+@pytest.mark.slow
+def test_prm_stage_trains_on_two_processes_under_zero3(pipeline_run, tmp_path, tiny_dirs):
+    from reward.registry import build_reward
+
+    problems, *_ = _expected()
+    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml",
+                         _overrides(tiny_dirs["policy"], epochs=2) + ["distribution=zero3"])
+    s = run_prm_pipeline(recipe, tmp_path, completer=ScriptedCompleter(problems), judge=scripted_judge)
+    _, ref = pipeline_run
+    for key in ("responses", "mc", "judge", "consensus", "prm_train_records", "prm_heldout_records"):
+        assert s[key] == ref[key], key  # sampling and labelling ran once, in this process, as without ZeRO
+    assert s["prm"]["world_size"] == 2 and s["prm"]["deepspeed"] and s["prm"]["global_step"] == 4  # 27 / 16 x 2
+    sub = yaml.safe_load((tmp_path / "prm" / "recipe.yaml").read_text())
+    assert sub["algorithm"]["name"] == "prm" and sub["training"]["max_length"] == 512
+    assert json.loads((tmp_path / "prm" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
+    # the saved PRM is whole (not ZeRO-3 placeholders) and the held-out evaluation used it
+    prm = build_reward("qwen-prm", model=s["model_dir"], splitter={"mode": "newline"})
+    out = prm.score(["What is 2 + 3?"], ["good 2 + 3 = 5\nThe answer is 5."])[0]
+    assert len(out.scores) == 2 and all(0.0 < v < 1.0 for v in out.scores)
+    assert s["evaluation"]["trained"]["earliest_error"]["n"] == s["prm_heldout_records"]
+
+
 def test_pipeline_helpers():
     assert split_problems(8, 0.25, 0)[1] == sorted(split_problems(8, 0.25, 0)[1]) and \
         len(split_problems(8, 0.25, 0)[1]) == 2
@@ -147,7 +173,6 @@ def test_pipeline_helpers():
 @pytest.mark.parametrize("override, needle", [
     ("training.label_mode=fuzzy", "training.label_mode: unknown value 'fuzzy'"),
     ("training.heldout_fraction=1.5", "training.heldout_fraction: must be in (0, 1)"),
-    ("distribution=zero2", "prm_pipeline samples and labels in one process"),
     ("training.mc_rollout=3", "unknown key 'training.mc_rollout'"),
 ])
 def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_path):

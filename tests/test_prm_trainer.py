@@ -135,3 +135,28 @@ def test_train_prm_from_recipe(tmp_path, tiny_dirs):
     # the shipped recipe parses (its data file is produced by the example, so only the schema is checked here)
     r = load_recipe("prm_train", check=False)
     assert r.algorithm.name == "prm" and r.data.train.endswith("consensus.jsonl")
+
+
+def test_recipe_sets_prm_max_length_and_soft_labels(tmp_path, tiny_dirs):
+    """``training.max_length`` / ``training.soft_labels`` reach the PRM data; a misspelt key is refused."""
+    from rlkit.config import RecipeError, load_recipe, recipe_from_dict
+    from rlkit.trainers.prm import train_prm
+
+    recs = synthetic_records(8, seed=5)
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    base = {"name": "prm_len", "model": tiny_dirs["policy"], "algorithm": {"name": "prm"},
+            "data": {"train": str(data), "num_eval": 0},
+            "training": {"max_steps": 1, "per_device_train_batch_size": 8, "report_to": []}}
+    full = train_prm(recipe_from_dict(base), tmp_path / "full")["train"]
+    short = dict(base, training={**base["training"], "max_length": 80, "soft_labels": True})
+    cut = train_prm(recipe_from_dict(short), tmp_path / "cut")["train"]
+    # with the policy's chat template these inputs run past 80 tokens: 3 records keep no separator (skipped),
+    # the others lose their second step; measured counts, deterministic for the tiny tokenizer
+    assert full["steps"] == sum(len(r["labels"]) for r in recs) == 10 and full["skipped"] == 0, full
+    assert (cut["steps"], cut["skipped"], cut["examples"]) == (5, 3, 5), cut
+    ok = load_recipe("prm_train", [f"model={tiny_dirs['policy']}", f"data.train={data}", "training.max_length=512",
+                                   "training.soft_labels=true"])
+    assert ok.training["max_length"] == 512 and ok.training["soft_labels"] is True
+    with pytest.raises(RecipeError, match="max_lenght"):
+        load_recipe("prm_train", [f"model={tiny_dirs['policy']}", f"data.train={data}", "training.max_lenght=512"])

@@ -197,6 +197,59 @@ def build_feedback(records: Sequence[Mapping], source: str = "template", judge: 
     return out, stats
 
 
+def _build_judge(cfg: Mapping[str, Any]) -> Any:
+    """The ``llm-judge`` reward named by ``training.judge_model``, built outside any ZeRO-3 context."""
+    from reward.registry import build_reward
+    from rlkit.trainers.common import single_rank_hf
+
+    jm = cfg["judge_model"]
+    if jm.startswith("embedded:"):
+        from rlkit.models import resolve_model
+
+        jm = resolve_model(jm)
+    with single_rank_hf():
+        return build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
+                            max_new_tokens=cfg["judge_max_new_tokens"])
+
+
+def _judge_feedback_once(records: Sequence[Mapping], cfg: Mapping[str, Any], judge: Any,
+                         shared: Path) -> tuple[list[dict], dict[str, int]]:
+    """``build_feedback(records, "judge", ...)`` run by rank 0 alone; other ranks read its result.
+
+    A judge is a generative model: on every rank it would cost N times the generation (and N copies of the
+    judge in memory) for identical examples. Rank 0 writes ``shared`` (the examples and counts, or the error
+    that stopped it) before a barrier, so a failure on rank 0 stops every rank with the same message instead
+    of leaving the others waiting. Single-process runs skip the file.
+    """
+    import torch.distributed as dist
+
+    from reward.labeling.io import atomic_write_text
+    from rlkit.trainers.common import is_main_process, wait_for_everyone
+
+    # rlkit.launch's workers join their process group before any trainer runs
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
+    main = is_main_process()
+    failure: BaseException | None = None
+    if main:
+        try:
+            examples, stats = build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
+            payload: dict[str, Any] = {"examples": examples, "stats": stats}
+        except Exception as e:  # noqa: BLE001 - reported to every rank, re-raised here below
+            failure, payload = e, {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        atomic_write_text(shared, json.dumps(payload))
+    wait_for_everyone()
+    if failure is not None:
+        raise failure
+    payload = json.loads(Path(shared).read_text())
+    if "error" in payload:
+        raise CritiqueDataError(f"judge feedback failed on rank 0: {payload['error']}")
+    if not main:
+        print(f"[critique] rank {dist.get_rank()}: {len(payload['examples'])} judge feedback examples "
+              "from rank 0 (the judge ran there only)", flush=True)
+    return payload["examples"], payload["stats"]
+
+
 def _judge_caller(judge: Any) -> Callable[[list[str]], list[str]]:
     """User messages -> replies, from an LLMJudge (chat-formatted through its tokenizer) or a callable."""
     gen = getattr(judge, "generate", None)
@@ -360,20 +413,12 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
     records = read_records(src)
     if recipe.data.num_train is not None:
         records = records[:recipe.data.num_train]
-    if cfg["feedback"] == "judge" and judge is None:
-        if not cfg["judge_model"]:
-            raise CritiqueDataError("training.feedback: judge needs training.judge_model")
-        from reward.registry import build_reward
-
-        jm = cfg["judge_model"]
-        if jm.startswith("embedded:"):
-            from rlkit.models import resolve_model
-
-            jm = resolve_model(jm)
-        with single_rank_hf():
-            judge = build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
-                                 max_new_tokens=cfg["judge_max_new_tokens"])
-    examples, fstats = build_feedback(records, cfg["feedback"], judge)
+    if cfg["feedback"] == "judge" and judge is None and not cfg["judge_model"]:
+        raise CritiqueDataError("training.feedback: judge needs training.judge_model")
+    if cfg["feedback"] == "judge":
+        examples, fstats = _judge_feedback_once(records, cfg, judge, run_dir / "stage1" / "judge_feedback.json")
+    else:
+        examples, fstats = build_feedback(records, cfg["feedback"], judge)
     if is_main_process():
         print(f"[critique] stage 1 feedback ({cfg['feedback']}): {json.dumps(fstats)}")
     if not examples:

@@ -27,11 +27,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from reward.models.qwen_prm import DEFAULT_SYSTEM_PROMPT, format_prm_input
 from rlkit.optim.trainer_hook import RecipeOptimizerMixin
@@ -182,6 +183,23 @@ def prm_loss(logits: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tens
     return -(y * lp[:, 1] + (1 - y) * lp[:, 0]).mean()
 
 
+@dataclass
+class PRMTrainConfig(TrainingArguments):
+    """The ``training:`` block of ``algorithm.name: prm``: ``TrainingArguments`` plus the PRM's input length and
+    label kind.
+
+    Example (recipe)::
+
+        algorithm: {name: prm}
+        training: {max_length: 1024, soft_labels: true, num_train_epochs: 2, learning_rate: 2.0e-5}
+    """
+
+    max_length: int = field(default=2048, metadata={"help": "tokens per PRM input; steps whose separator falls "
+                                                             "beyond are left out of the loss"})
+    soft_labels: bool = field(default=False, metadata={"help": "train on the MC fraction as a target "
+                                                               "distribution instead of hard 0/1 labels"})
+
+
 class PRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the PRM loss (:func:`prm_loss`) and :class:`PRMCollator` by default.
 
@@ -269,10 +287,10 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     ``model``: the causal LM to start from. ``data.train`` / ``data.eval``: labelled JSONL files (the output
     of ``rlkit label``); ``data.num_train`` / ``num_eval`` cap them; ``data.system_prompt`` overrides the PRM
     system turn (keep it equal to the ``qwen-prm`` reward's ``system_prompt`` when scoring). ``training``:
-    TrainingArguments fields; rlkit sets output_dir, seed, deepspeed (from ``distribution``) and use_cpu (no
-    CUDA). ``optimizer``: adamw, or ondare/onties through the optimizer hook. ``soft_labels`` /
-    ``max_length`` (default False / 2048) may also come from ``algorithm.soft_labels`` /
-    ``algorithm.max_length`` when the recipe schema has them. The final model is saved to ``run_dir/final``
+    :class:`PRMTrainConfig` fields (``TrainingArguments`` + ``max_length``, ``soft_labels``); rlkit sets
+    output_dir, seed, deepspeed (from ``distribution``) and use_cpu (no CUDA). ``optimizer``: adamw, or
+    ondare/onties through the optimizer hook. The ``soft_labels`` / ``max_length`` arguments, when given, win
+    over the recipe's. The final model is saved to ``run_dir/final``
     and loads with ``build_reward("qwen-prm", model=run_dir + "/final")``.
 
     Distributed (ZeRO-2/3, every rank calls this): the model is loaded whole on each rank (outside ZeRO-3's
@@ -281,7 +299,7 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     ``prm_summary.json`` atomically. Other ranks return the summary without the evaluation fields.
     ``deepspeed_file``: the DeepSpeed config when it is not ``run_dir/deepspeed.json`` (a sub-run).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from rlkit.trainers.common import (is_main_process, save_final, single_rank_hf, trainer_args,
                                        write_summary)
@@ -294,8 +312,10 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     with single_rank_hf():  # whole on every rank, even while an earlier trainer config of this process lives
         model, tok = prm_from_causal_lm(recipe.model)
     system_prompt = recipe.data.system_prompt if recipe.data.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
-    soft = bool(soft_labels if soft_labels is not None else getattr(recipe.algorithm, "soft_labels", False))
-    max_length = int(max_length or getattr(recipe.algorithm, "max_length", None) or 2048)
+    own = {f: recipe.training.get(f, PRMTrainConfig.__dataclass_fields__[f].default)
+           for f in ("max_length", "soft_labels")}
+    soft = bool(soft_labels if soft_labels is not None else own["soft_labels"])
+    max_length = int(max_length or own["max_length"])
     train_ds, tstats = build_prm_dataset(train_recs, tok, system_prompt=system_prompt, max_length=max_length,
                                          soft=soft, return_stats=True)
     if not train_ds:
@@ -306,8 +326,8 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     if main:
         print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
     kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
-    kw["remove_unused_columns"] = False
-    args = TrainingArguments(**kw)
+    kw.update(remove_unused_columns=False, max_length=max_length, soft_labels=soft)
+    args = PRMTrainConfig(**kw)
     opt = recipe.optimizer
     opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
     trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -16,7 +16,9 @@ Stages and their files in the run folder:
    earliest wrong step (or both say none), with kept/total and the disagreement table. When consensus keeps
    fewer than ``min_kept`` training responses the PRM trains on the MC labels instead (printed and recorded).
 5. ``prm/final``: the PRM (Qwen2.5-Math-PRM layout, :func:`rlkit.trainers.prm.train_prm`) trained on the
-   training problems' records; loads with ``build_reward("qwen-prm", model=<run>/prm/final)``.
+   training problems' records; loads with ``build_reward("qwen-prm", model=<run>/prm/final)``. Under
+   ``distribution: zero2|zero3`` this stage alone runs on ``num_processes`` workers (``prm/`` is then a run
+   folder of its own, started with ``accelerate launch``); the other stages stay in this process.
 6. ``report/``: on the held-out problems, for the trained PRM and for its untrained initialisation (same
    backbone, fresh head): step accuracy, earliest-error identification (ProcessBench metrics, threshold tuned
    on the training records, never on the held-out ones) and Best-of-N over the sampled responses
@@ -278,14 +280,19 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     from rlkit.trainers.prm import train_prm
 
     train_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    data_abs = data_dir.resolve()
     prm_recipe = dataclasses.replace(
-        recipe, algorithm=dataclasses.replace(recipe.algorithm, name="prm"),
-        training={k: v for k, v in recipe.training.items() if k in train_fields},
-        data=dataclasses.replace(d, train=str(data_dir / "prm_train.jsonl"),
-                                 eval=str(data_dir / "prm_heldout.jsonl") if held_recs else None,
+        recipe, name=f"{recipe.name}-prm", algorithm=dataclasses.replace(recipe.algorithm, name="prm"),
+        training={**{k: v for k, v in recipe.training.items() if k in train_fields},
+                  "max_length": int(cfg["prm_max_length"])},
+        data=dataclasses.replace(d, train=str(data_abs / "prm_train.jsonl"),
+                                 eval=str(data_abs / "prm_heldout.jsonl") if held_recs else None,
                                  num_train=None, num_eval=None, system_prompt=None))
     t0 = time.time()
-    prm_summary = train_prm(prm_recipe, run_dir / "prm", max_length=int(cfg["prm_max_length"]))
+    if recipe.distribution == "none":
+        prm_summary = train_prm(prm_recipe, run_dir / "prm")
+    else:
+        prm_summary = _train_prm_distributed(prm_recipe, run_dir / "prm")
     lap("train", t0)
     _say(f"[5/6] PRM trained on {len(train_recs)} {source}-labelled responses "
          f"({prm_summary['train']['steps']} steps: {prm_summary['train']['positive']} positive, "
@@ -315,6 +322,22 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     _say(f"[6/6] held-out: {_headline(summary)} ({timings['evaluate']}s; total {summary['seconds']['total']}s)")
     _say(f"report: {report_dir / 'index.md'}; PRM: {prm_summary['model_dir']}")
     return summary
+
+
+def _train_prm_distributed(prm_recipe: Any, prm_dir: Path) -> dict[str, Any]:
+    """Stage 5 under ``distribution: zero2|zero3``: ``prm_dir`` becomes a run folder of its own (recipe +
+    DeepSpeed config) whose ``num_processes`` workers ``accelerate launch`` starts; rank 0's
+    ``prm_summary.json`` is the result. Sampling and labelling stay in this process."""
+    from rlkit.launch import launch_workers, write_run_files
+
+    prm_dir.mkdir(parents=True, exist_ok=True)
+    write_run_files(prm_recipe, prm_dir)
+    _say(f"[5/6] training the PRM on {prm_recipe.num_processes} processes ({prm_recipe.distribution})")
+    try:
+        launch_workers(prm_recipe, prm_dir)
+    except RuntimeError as e:
+        raise PipelineError(f"PRM training stage: {e}") from None
+    return json.loads((prm_dir / "prm_summary.json").read_text())
 
 
 def _save_init_prm(model_path: str, out_dir: Path, seed: int) -> None:
