@@ -216,3 +216,37 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
         assert torch.allclose(served[n], snaps[1][n].to(dtype).float(), atol=1e-6), n
         assert not torch.allclose(served[n], initial[n].to(dtype).float(), atol=1e-6), n
     assert not torch.distributed.is_initialized() or was_distributed
+
+
+def test_lora_policy_resume_gives_the_same_next_step_losses(tok, tmp_path, tiny_dirs):
+    """Checkpoint/resume with a LoRA policy: the adapter, the critic and both optimizers come back, so steps 3-4
+    after resuming from checkpoint-2 have the losses of the uninterrupted run (1e-5, CPU)."""
+    from peft import LoraConfig
+
+    from rlkit.trainers.ppo import PRMPPOTrainer
+
+    def make(out):
+        return PRMPPOTrainer(model=tiny_dirs["policy"], processing_class=tok,
+                             args=_args(out, kl_coef=0.05, max_steps=4, num_iterations=2, steps_per_generation=1,
+                                        save_strategy="steps", save_steps=2, learning_rate=1e-3),
+                             train_dataset=load_prompts("builtin:arithmetic", n=16), step_reward=CharCountReward(),
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+
+    def losses(trainer, key):
+        return [h[key] for h in trainer.state.log_history if key in h and h.get("step", 0) > 2]
+
+    full = make(tmp_path / "a")
+    full.train()
+    ckpt = tmp_path / "a" / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "critic" / "model.safetensors").is_file()
+    resumed = make(tmp_path / "b")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    for key, n in (("loss", 2), ("value_loss", 2), ("ppo/kl", 1)):  # KL is logged once per rollout (2 steps)
+        ref, got = losses(full, key), losses(resumed, key)
+        assert len(ref) == n and got == pytest.approx(ref, abs=1e-5), (key, ref, got)
+    assert losses(full, "ppo/kl")[0] > 0  # the adapter had moved the policy away from the base by step 3
+    lora = {n: p for n, p in full.model.named_parameters() if "lora_" in n}
+    assert lora
+    for n, p in resumed.model.named_parameters():
+        if n in lora:
+            assert torch.allclose(p, lora[n], atol=1e-5), n
