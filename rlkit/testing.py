@@ -140,3 +140,28 @@ def train_ok(recipe: str, out_dir, *sets: str, timeout: int = 600, cwd=None, **e
     runs = [p for p in Path(out_dir).iterdir() if p.is_dir()]
     assert len(runs) == 1, f"expected one run folder in {out_dir}, found {runs}"
     return runs[0]
+
+
+def recompute_step_rewards(tok, reward, completion_ids, completion_mask):
+    """Padded step rewards for a batch of generated completions, recomputed independently of the trainers:
+    decode each row, split and score it with ``reward``, put each score on its step's last token (the last step
+    always ends on the last completion token; a row with no step gets one 0.0 there).
+
+    Returns ``credit.pad_steps(scores, ends)``: (step_rewards, step_mask, step_ends), for tests that check a
+    trainer's advantages against ``rlkit.credit`` applied to these.
+    """
+    from reward.steps import step_end_tokens
+    from rlkit import credit
+
+    scores, ends = [], []
+    for row, m in zip(completion_ids, completion_mask):
+        toks = row[m.bool()].tolist()
+        text = tok.decode(toks, skip_special_tokens=True)
+        steps, step_ends = step_end_tokens(tok, toks, reward.splitter, text)
+        sc = reward.score_steps([""], [steps])[0]
+        if not steps:
+            sc, step_ends = [0.0], [len(toks) - 1]
+        step_ends[-1] = len(toks) - 1
+        scores.append(sc)
+        ends.append(step_ends)
+    return credit.pad_steps(scores, ends)

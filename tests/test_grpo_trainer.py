@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reward.base import StepRewardModel
-from reward.steps import StepSplitter, step_end_tokens
+from reward.steps import StepSplitter
 from rlkit import credit, testing
 from rlkit.data import load_prompts
 
@@ -49,18 +49,7 @@ def test_advantages_match_credit_of_step_scores(tok, tmp_path):
     ids, mask = out["completion_ids"], out["completion_mask"]
     assert out["advantages"].shape == ids.shape
     # Recompute independently: decode, split, score, place each score on its step's last token.
-    scores, ends = [], []
-    for row, m in zip(ids, mask):
-        toks = row[m.bool()].tolist()
-        text = tok.decode(toks, skip_special_tokens=True)
-        steps, step_ends = step_end_tokens(tok, toks, reward.splitter, text)
-        sc = reward.score_steps([""], [steps])[0]
-        if not steps:
-            sc, step_ends = [0.0], [len(toks) - 1]
-        step_ends[-1] = len(toks) - 1
-        scores.append(sc)
-        ends.append(step_ends)
-    r, sm, e = credit.pad_steps(scores, ends)
+    r, sm, e = testing.recompute_step_rewards(tok, reward, ids, mask)
     expected = credit.process_grpo(r, sm, e, mask.float(), group_size=4)
     assert torch.allclose(out["advantages"] * mask, expected, atol=1e-5)
     metrics = trainer._metrics["train"]

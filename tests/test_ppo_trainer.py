@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from reward.base import StepRewardModel
-from reward.steps import StepSplitter, step_end_tokens
+from reward.steps import StepSplitter
 from rlkit import credit, testing
 from rlkit.data import load_prompts
 from rlkit.testing import train_ok
@@ -84,18 +84,7 @@ def test_advantages_are_gae_of_step_scores_on_step_end_tokens(tok, tmp_path, tin
     ids, mask = out["completion_ids"], out["completion_mask"]
     assert out["advantages"].shape == ids.shape == out["returns"].shape == out["old_values"].shape
     # independent recomputation: decode, split, score, place each score on its step's last token
-    scores, ends = [], []
-    for row, m in zip(ids, mask):
-        toks = row[m.bool()].tolist()
-        text = tok.decode(toks, skip_special_tokens=True)
-        steps, step_ends = step_end_tokens(tok, toks, reward.splitter, text)
-        sc = reward.score_steps([""], [steps])[0]
-        if not steps:
-            sc, step_ends = [0.0], [len(toks) - 1]
-        step_ends[-1] = len(toks) - 1
-        scores.append(sc)
-        ends.append(step_ends)
-    r, sm, e = credit.pad_steps(scores, ends)
+    r, sm, e = testing.recompute_step_rewards(tok, reward, ids, mask)
     token_r = credit.place_step_rewards(r, sm, e, mask.float())
     # KL penalty from the policy (at rollout) and the reference (the same weights now: KL = 0 at the start)
     input_ids = torch.cat([out["prompt_ids"], ids], 1)

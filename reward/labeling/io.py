@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from reward.steps import StepSplitter
 
@@ -192,6 +192,11 @@ class ResumableWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self.done.add(rid)
+
+    def pending(self, items: Sequence[Mapping], limit: int | None = None) -> list[Mapping]:
+        """The ``items`` whose id this output does not hold yet, in order, at most ``limit`` of them."""
+        todo = [it for it in items if str(it["id"]) not in self.done]
+        return todo if limit is None else todo[:limit]
 
     def close(self) -> None:
         if self._f is not None:
