@@ -126,6 +126,7 @@ def test_trained_prm_beats_its_initialisation_on_heldout_problems(pipeline_run):
     for f in ("index.md", "trained/earliest_error/report.md", "trained/best_of_n/report.md",
               "init/best_of_n/bon.png"):
         assert (run_dir / "report" / f).is_file(), f
+    assert not (run_dir / "prm" / "init").exists()  # the untrained baseline is evaluated in memory, not saved
     from reward.registry import build_reward
 
     prm = build_reward("qwen-prm", model=s["model_dir"], splitter={"mode": "newline"})

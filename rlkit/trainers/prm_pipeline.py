@@ -152,17 +152,18 @@ def bon_groups(items: Sequence[Mapping]) -> list[dict]:
     return list(by.values())
 
 
-def evaluate_prm(model_dir: str, step_split: str, max_steps: int, train_pb: Sequence[Mapping],
+def evaluate_prm(model: Any, step_split: str, max_steps: int, train_pb: Sequence[Mapping],
                  heldout_pb: Sequence[Mapping], heldout_groups: Sequence[Mapping], out_dir: Path,
-                 title: str) -> dict[str, Any]:
-    """Earliest-error identification and Best-of-N of the PRM in ``model_dir`` on the held-out data, with the
-    threshold tuned on ``train_pb``; writes the two reports under ``out_dir``."""
+                 title: str, tokenizer: Any = None) -> dict[str, Any]:
+    """Earliest-error identification and Best-of-N of a PRM (a folder, or a built model with ``tokenizer``) on
+    the held-out data, with the threshold tuned on ``train_pb``; writes the two reports under ``out_dir``."""
     from reward.evaluation.bon import best_of_n, score_candidates
     from reward.evaluation.processbench import evaluate_processbench
     from reward.evaluation.report import write_bon_report, write_processbench_report
     from reward.registry import build_reward
 
-    prm = build_reward("qwen-prm", model=model_dir, splitter={"mode": step_split, "max_steps": max_steps})
+    prm = build_reward("qwen-prm", model=model, tokenizer=tokenizer,
+                       splitter={"mode": step_split, "max_steps": max_steps})
     result: dict[str, Any] = {}
     if heldout_pb:
         pb = evaluate_processbench(prm, {"heldout": heldout_pb}, threshold_split="train",
@@ -301,14 +302,14 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
 
     # ---- evaluation on held-out problems: trained PRM vs its untrained initialisation
     t0 = time.time()
-    init_dir = run_dir / "prm" / "init"
-    _save_init_prm(model_path, init_dir, recipe.seed)
     train_pb, held_pb = as_processbench(train_recs), as_processbench(held_recs)
     held_groups = bon_groups([it for it in items if it["split"] == "heldout"])
     evals = {}
-    for name, path in (("trained", prm_summary["model_dir"]), ("init", str(init_dir))):
-        evals[name] = evaluate_prm(path, cfg["step_split"], int(cfg["max_response_steps"]), train_pb, held_pb,
-                                   held_groups, report_dir / name, f"{name} PRM, held-out problems")
+    for name in ("trained", "init"):
+        model, tok = (prm_summary["model_dir"], None) if name == "trained" else _init_prm(model_path, recipe.seed)
+        evals[name] = evaluate_prm(model, cfg["step_split"], int(cfg["max_response_steps"]), train_pb, held_pb,
+                                   held_groups, report_dir / name, f"{name} PRM, held-out problems", tokenizer=tok)
+        del model
     lap("evaluate", t0)
     before, after = prm_summary.get("eval_before") or {}, prm_summary.get("eval_after") or {}
     summary = {"label_source": source, "responses": sstats, "mc": mstats, "judge": jstats,
@@ -340,17 +341,14 @@ def _train_prm_distributed(prm_recipe: Any, prm_dir: Path) -> dict[str, Any]:
     return json.loads((prm_dir / "prm_summary.json").read_text())
 
 
-def _save_init_prm(model_path: str, out_dir: Path, seed: int) -> None:
-    """The untrained baseline: the same backbone with a fresh 2-way head (seeded), saved for the evaluators."""
+def _init_prm(model_path: str, seed: int) -> tuple[Any, Any]:
+    """The untrained baseline, in memory: the same backbone with a fresh 2-way head (seeded as training was)."""
     import torch
 
     from rlkit.trainers.prm import prm_from_causal_lm
 
     torch.manual_seed(seed)
-    model, tok = prm_from_causal_lm(model_path)
-    model.save_pretrained(str(out_dir))
-    tok.save_pretrained(str(out_dir))
-    del model
+    return prm_from_causal_lm(model_path)
 
 
 def _fmt(v: Any) -> str:
