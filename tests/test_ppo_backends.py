@@ -189,6 +189,9 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
         # one rollout per step (so vLLM is synced before step 2), a learning rate that moves bf16 weights
         recipe = load_recipe("ppo_prm_quickstart", overrides=[
             f"model={path}", "generation.backend=vllm", "generation.vllm_mode=colocate", "data.num_train=8",
+            # vLLM-CPU's KV budget is this share of host memory minus what the process already holds: a long
+            # pytest process holds a few GiB, so leave more room than the recipe default 0.3
+            "generation.vllm_gpu_memory_utilization=0.4",
             "data.num_eval=0", "training.max_steps=2", "training.steps_per_generation=1",
             "training.num_iterations=1", "training.max_completion_length=12", "training.learning_rate=1e-2",
             "training.report_to=[]"] + (
