@@ -15,10 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 GRPO_EXAMPLES = ["custom_reward.py", "custom_credit.py", "trainer_subclass.py", "ondare_grpo.py"]
 
 
-def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_script(folder: str, name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=REPO)
+    return subprocess.run([sys.executable, str(REPO / folder / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+    return run_script("examples", name, *args)
 
 
 @pytest.mark.slow
@@ -63,11 +67,8 @@ def test_train_listwise_rm_example(tmp_path):
 
 @pytest.mark.slow
 def test_dense_vs_outcome_benchmark_runs(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dense_vs_outcome.py"), "--tiny", "--steps", "2",
-                          "--eval-every", "1", "--eval-size", "2", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _run_benchmark("dense_vs_outcome.py", "--tiny", "--steps", "2", "--eval-every", "1", "--eval-size", "2",
+                   "--out", str(tmp_path), timeout=900)
     data = json.loads((tmp_path / "dense_vs_outcome.json").read_text())
     assert set(data) == {"process_grpo", "outcome"}
     assert all(len(v["heldout_accuracy"]) == 3 for v in data.values())  # steps 0, 1, 2
@@ -75,8 +76,7 @@ def test_dense_vs_outcome_benchmark_runs(tmp_path):
 
 
 def _run_benchmark(name, *args, timeout=600):
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    res = run_script("benchmarks", name, *args, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 

@@ -193,10 +193,9 @@ class ResumableWriter:
         os.fsync(self._f.fileno())
         self.done.add(rid)
 
-    def pending(self, items: Sequence[Mapping], limit: int | None = None) -> list[Mapping]:
-        """The ``items`` whose id this output does not hold yet, in order, at most ``limit`` of them."""
-        todo = [it for it in items if str(it["id"]) not in self.done]
-        return todo if limit is None else todo[:limit]
+    def pending(self, items: Sequence[Mapping]) -> list[Mapping]:
+        """The ``items`` whose id this output does not hold yet, in order."""
+        return [it for it in items if str(it["id"]) not in self.done]
 
     def close(self) -> None:
         if self._f is not None:

@@ -70,8 +70,9 @@ def run_judge(items: Iterable[Mapping], judge: Any, output: str, batch_size: int
     stats = {"total": len(items), "skipped": 0, "labelled": 0, "with_error": 0, "unparsable": 0}
     t0 = time.time()
     with ResumableWriter(output) as w:
-        todo = w.pending(items, limit)
-        stats["skipped"] = sum(1 for it in items if str(it["id"]) in w.done)
+        todo = w.pending(items)
+        stats["skipped"] = len(items) - len(todo)
+        todo = todo[:limit]
         for i in range(0, len(todo), batch_size):
             for rec in judge_label_items(todo[i:i + batch_size], judge):
                 w.write(rec)

@@ -116,8 +116,9 @@ def run_mc(items: Iterable[Mapping], completer: Completer, output: str, n: int =
     stats = {"total": len(items), "skipped": 0, "labelled": 0, "with_error": 0}
     t0 = time.time()
     with ResumableWriter(output) as w:
-        todo = w.pending(items, limit)
-        stats["skipped"] = sum(1 for it in items if str(it["id"]) in w.done)
+        todo = w.pending(items)
+        stats["skipped"] = len(items) - len(todo)
+        todo = todo[:limit]
         for i in range(0, len(todo), items_per_call):
             for rec in mc_label_items(todo[i:i + items_per_call], completer, n, mode, verify, step_join):
                 w.write(rec)

@@ -226,27 +226,28 @@ def _judge_feedback_once(records: Sequence[Mapping], cfg: Mapping[str, Any], jud
     from reward.labeling.io import atomic_write_text
     from rlkit.trainers.common import is_main_process, wait_for_everyone
 
+    def feedback() -> tuple[list[dict], dict[str, int]]:
+        return build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
+
     # rlkit.launch's workers join their process group before any trainer runs
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
-    main = is_main_process()
-    failure: BaseException | None = None
-    if main:
+        return feedback()
+    if is_main_process():
         try:
-            examples, stats = build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
-            payload: dict[str, Any] = {"examples": examples, "stats": stats}
-        except Exception as e:  # noqa: BLE001 - reported to every rank, re-raised here below
-            failure, payload = e, {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-        atomic_write_text(shared, json.dumps(payload))
+            examples, stats = feedback()
+        except Exception as e:
+            atomic_write_text(shared, json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0]}))
+            wait_for_everyone()
+            raise
+        atomic_write_text(shared, json.dumps({"examples": examples, "stats": stats}))
+        wait_for_everyone()
+        return examples, stats
     wait_for_everyone()
-    if failure is not None:
-        raise failure
     payload = json.loads(Path(shared).read_text())
     if "error" in payload:
         raise CritiqueDataError(f"judge feedback failed on rank 0: {payload['error']}")
-    if not main:
-        print(f"[critique] rank {dist.get_rank()}: {len(payload['examples'])} judge feedback examples "
-              "from rank 0 (the judge ran there only)", flush=True)
+    print(f"[critique] rank {dist.get_rank()}: {len(payload['examples'])} judge feedback examples from rank 0 "
+          "(the judge ran there only)", flush=True)
     return payload["examples"], payload["stats"]
 
 

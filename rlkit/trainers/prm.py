@@ -312,10 +312,14 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     with single_rank_hf():  # whole on every rank, even while an earlier trainer config of this process lives
         model, tok = prm_from_causal_lm(recipe.model)
     system_prompt = recipe.data.system_prompt if recipe.data.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
-    own = {f: recipe.training.get(f, PRMTrainConfig.__dataclass_fields__[f].default)
-           for f in ("max_length", "soft_labels")}
-    soft = bool(soft_labels if soft_labels is not None else own["soft_labels"])
-    max_length = int(max_length or own["max_length"])
+    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
+    kw["remove_unused_columns"] = False
+    if soft_labels is not None:
+        kw["soft_labels"] = bool(soft_labels)
+    if max_length:
+        kw["max_length"] = int(max_length)
+    args = PRMTrainConfig(**kw)  # the recipe's max_length / soft_labels unless given as arguments
+    soft, max_length = args.soft_labels, args.max_length
     train_ds, tstats = build_prm_dataset(train_recs, tok, system_prompt=system_prompt, max_length=max_length,
                                          soft=soft, return_stats=True)
     if not train_ds:
@@ -325,9 +329,6 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     main = is_main_process()
     if main:
         print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
-    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
-    kw.update(remove_unused_columns=False, max_length=max_length, soft_labels=soft)
-    args = PRMTrainConfig(**kw)
     opt = recipe.optimizer
     opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
     trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
