@@ -474,6 +474,13 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
         if _is_simple(hints.get(key)):
             recipe.training[key] = _coerce(recipe.training[key], hints[key], f"training.{key}")
 
+    if recipe.algorithm.name == "prm" and "max_length" in recipe.training:
+        from rlkit.trainers.prm import check_max_length
+
+        try:
+            check_max_length(recipe.training["max_length"])
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     if recipe.algorithm.name == "prm_pipeline":
         from rlkit.trainers.prm_pipeline import PipelineError, pipeline_settings
 

@@ -174,6 +174,7 @@ def test_pipeline_helpers():
 @pytest.mark.parametrize("override, needle", [
     ("training.label_mode=fuzzy", "training.label_mode: unknown value 'fuzzy'"),
     ("training.heldout_fraction=1.5", "training.heldout_fraction: must be in (0, 1)"),
+    ("training.prm_max_length=0", "training.prm_max_length: must be >= 1, got 0"),
     ("training.mc_rollout=3", "unknown key 'training.mc_rollout'"),
 ])
 def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_path):

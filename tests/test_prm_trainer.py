@@ -160,3 +160,5 @@ def test_recipe_sets_prm_max_length_and_soft_labels(tmp_path, tiny_dirs):
     assert ok.training["max_length"] == 512 and ok.training["soft_labels"] is True
     with pytest.raises(RecipeError, match="max_lenght"):
         load_recipe("prm_train", [f"model={tiny_dirs['policy']}", f"data.train={data}", "training.max_lenght=512"])
+    with pytest.raises(RecipeError, match=r"^training\.max_length: must be >= 1, got -5$"):
+        load_recipe("prm_train", [f"model={tiny_dirs['policy']}", f"data.train={data}", "training.max_length=-5"])

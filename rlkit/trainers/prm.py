@@ -199,6 +199,16 @@ class PRMTrainConfig(TrainingArguments):
     soft_labels: bool = field(default=False, metadata={"help": "train on the MC fraction as a target "
                                                                "distribution instead of hard 0/1 labels"})
 
+    def __post_init__(self):
+        check_max_length(self.max_length)
+        super().__post_init__()
+
+
+def check_max_length(value: int, key: str = "training.max_length") -> None:
+    """ValueError unless ``value`` >= 1 (a negative length would silently cut tokens off the end instead)."""
+    if int(value) < 1:
+        raise ValueError(f"{key}: must be >= 1, got {value}")
+
 
 class PRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the PRM loss (:func:`prm_loss`) and :class:`PRMCollator` by default.

@@ -88,7 +88,7 @@ def pipeline_settings(training: Mapping[str, Any]) -> dict[str, Any]:
         raise PipelineError(f"training.step_split: unknown value {cfg['step_split']!r} "
                             f"(allowed: {', '.join(STEP_SPLITS)})")
     for k in ("samples_per_problem", "mc_rollouts", "max_new_tokens", "sample_batch_size",
-              "max_response_steps"):
+              "max_response_steps", "prm_max_length"):
         if int(cfg[k]) < 1:
             raise PipelineError(f"training.{k}: must be >= 1, got {cfg[k]}")
     if not 0.0 < float(cfg["heldout_fraction"]) < 1.0:
