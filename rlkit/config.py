@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-ALGORITHMS = ("grpo", "ppo", "prm", "sft", "orm", "critique", "prm_pipeline")
+ALGORITHMS = ("grpo", "ppo", "prm", "orm", "critique", "prm_pipeline")  # each has a runner in rlkit.launch
 CREDIT_MODES = ("process_grpo", "min_form", "outcome")
 OPTIMIZERS = ("adamw", "ondare", "onties")
 DISTRIBUTIONS = ("none", "zero2", "zero3")
@@ -322,10 +322,6 @@ def trainer_config_class(algorithm: str) -> type:
         from rlkit.trainers.ppo import PRMPPOConfig
 
         return PRMPPOConfig
-    if algorithm == "sft":
-        from trl import SFTConfig
-
-        return SFTConfig
     if algorithm == "orm":
         from rlkit.trainers.orm import ListwiseRMConfig
 
@@ -498,6 +494,12 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     problem = check_model_name(recipe.model)
     if problem:
         raise RecipeError(f"model: {problem}")
+    from rlkit.optim.trainer_hook import check_optimizer_cfg
+
+    try:
+        check_optimizer_cfg({"name": recipe.optimizer.name, **recipe.optimizer.args})
+    except ValueError as e:
+        raise RecipeError(f"optimizer: {e}") from None
     if recipe.optimizer.name != "adamw" and "base_model" in recipe.optimizer.args:
         problem = check_model_name(str(recipe.optimizer.args["base_model"]))
         if problem:

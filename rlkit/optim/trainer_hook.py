@@ -27,7 +27,7 @@ import torch
 from .online_merging import OnDAREAdamW, OnTIESAdamW, TensorReference
 from .zero_mapping import NoBase, SafetensorsReference
 
-__all__ = ["build_optimizer", "RecipeOptimizerMixin", "decay_parameter_names", "OPTIMIZERS"]
+__all__ = ["build_optimizer", "check_optimizer_cfg", "RecipeOptimizerMixin", "decay_parameter_names", "OPTIMIZERS"]
 
 OPTIMIZERS = {"ondare": OnDAREAdamW, "onties": OnTIESAdamW}
 _KNOWN = {"name", "p", "alpha", "base_model", "rescale", "merge_every", "seed", "alpha_follows_lr",
@@ -47,6 +47,20 @@ def decay_parameter_names(model: torch.nn.Module) -> set:
             if not is_norm and not any(re.search(pat, full.lower()) for pat in _NO_DECAY):
                 out.add(full)
     return out
+
+
+def check_optimizer_cfg(cfg: Optional[dict]) -> None:
+    """Raise ValueError (one line) for an optimizer block :func:`build_optimizer` would refuse by its keys or
+    name alone (no model needed): what ``rlkit check`` runs before anything loads."""
+    cfg = dict(cfg or {"name": "adamw"})
+    name = str(cfg.get("name", "adamw")).lower()
+    if name != "adamw" and name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name {name!r}: expected one of adamw, {', '.join(OPTIMIZERS)}")
+    unknown = set(cfg) - _KNOWN
+    if unknown:
+        raise ValueError(f"optimizer block: unknown key(s) {sorted(unknown)}; known: {sorted(_KNOWN)}")
+    if name == "onties" and (cfg.get("rescale") or cfg.get("resample_tau")):
+        raise ValueError("onties: 'rescale' and 'resample_tau' are OnDARE options")
 
 
 def _is_peft(model) -> bool:
@@ -73,9 +87,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Optional[dict], lr: float, weig
     """
     cfg = dict(cfg or {"name": "adamw"})
     name = str(cfg.get("name", "adamw")).lower()
-    unknown = set(cfg) - _KNOWN
-    if unknown:
-        raise ValueError(f"optimizer block: unknown key(s) {sorted(unknown)}; known: {sorted(_KNOWN)}")
+    check_optimizer_cfg(cfg)
     lr = float(cfg.get("lr", lr))
     weight_decay = float(cfg.get("weight_decay", weight_decay))
     betas, eps = tuple(cfg.get("betas", betas)), float(cfg.get("eps", eps))
@@ -86,15 +98,11 @@ def build_optimizer(model: torch.nn.Module, cfg: Optional[dict], lr: float, weig
     groups = [g for g in groups if g["params"]]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer name {name!r}: expected one of adamw, ondare, onties")
     alpha = float(cfg.get("alpha", 1e-7))
     kw = dict(p=float(cfg.get("p", 0.01)), alpha=alpha, merge_every=int(cfg.get("merge_every", 1)),
               seed=int(cfg.get("seed", 0)), alpha_follows_lr=bool(cfg.get("alpha_follows_lr", False)))
     if name == "ondare":
         kw.update(rescale=bool(cfg.get("rescale", True)), resample_tau=bool(cfg.get("resample_tau", False)))
-    elif cfg.get("rescale") or cfg.get("resample_tau"):
-        raise ValueError("onties: 'rescale' and 'resample_tau' are OnDARE options")
     if _is_peft(model):
         if name != "ondare" or alpha != 0.0:
             raise NotImplementedError(

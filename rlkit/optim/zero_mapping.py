@@ -137,10 +137,17 @@ class SafetensorsReference:
 
     # -- validation ----------------------------------------------------------------------------------------
     def check(self):
-        missing, bad = [], []
+        """Every trainable tensor must exist in the base with the same shape (a grown first dimension is allowed:
+        the new rows get tau = 0). A tensor of a top-level module the base lacks entirely is a head the policy
+        added (e.g. the ``score`` head of a reward model built from the base) and gets tau = 0; any other
+        missing name means the wrong base model and is an error."""
+        missing, bad, new_heads = [], [], []
+        base_modules = {b.split(".")[0] for b in self.base.files}
         for n in self.trainable:
             bs, rs = self.base.shape(n), self.shapes[n]
-            if bs is None:
+            if bs is None and n.split(".")[0] not in base_modules:
+                new_heads.append(n)
+            elif bs is None:
                 missing.append(n)
             elif bs != rs and not (len(bs) == len(rs) and bs[1:] == rs[1:] and bs[0] < rs[0]):
                 bad.append(f"{n}: base {list(bs)} vs policy {list(rs)}")
@@ -153,8 +160,12 @@ class SafetensorsReference:
                 msg.append("Shape mismatch (only a grown first dimension, e.g. a resized vocab, is "
                            f"allowed): {bad[:5]}")
             raise ValueError(" ".join(msg))
+        if new_heads:
+            logger.warning("online merging: %d parameter(s) of module(s) %s are not in the base model %s (a new "
+                           "head); they get tau = 0", len(new_heads),
+                           sorted({n.split(".")[0] for n in new_heads}), self.base.path)
         for n in self.trainable:
-            if self.base.shape(n) != self.shapes[n]:
+            if n not in new_heads and self.base.shape(n) != self.shapes[n]:
                 logger.warning("online merging: %s has %d rows in the policy but %d in the base model; the "
                                "extra rows (resized vocabulary) get tau = 0", n, self.shapes[n][0],
                                self.base.shape(n)[0])
@@ -226,6 +237,8 @@ class SafetensorsReference:
             if not s.length:
                 continue
             shape, bshape = self.shapes[s.name], self.base.shape(s.name)
+            if bshape is None:  # a head the base does not have (see check): tau = 0
+                continue
             row = 1
             for d in shape[1:]:
                 row *= d

@@ -26,6 +26,29 @@ def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type
         kwargs["args"].remove_unused_columns = False
 
 
+def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
+    """The recipe's ``optimizer:`` block in the one shape ``rlkit.optim.build_optimizer`` takes:
+    ``{"name": "ondare", "p": ..., "alpha": ..., "base_model": ...}`` (the ``args`` mapping flattened, ``embedded:``
+    base models resolved to their folder), or None for plain AdamW without arguments (the Trainer's own AdamW).
+    Every algorithm's runner gets its optimizer from here.
+
+    Example:
+        >>> from rlkit.config import recipe_from_dict
+        >>> optimizer_block(recipe_from_dict({"optimizer": {"name": "ondare", "args": {"p": 0.1, "alpha": 0}}}))
+        {'name': 'ondare', 'p': 0.1, 'alpha': 0}
+    """
+    opt = recipe.optimizer
+    if opt.name == "adamw" and not opt.args:
+        return None
+    block = {"name": opt.name, **opt.args}
+    base = block.get("base_model")
+    if isinstance(base, str) and base.startswith("embedded:"):
+        from rlkit.models import resolve_model
+
+        block["base_model"] = str(resolve_model(base))
+    return block
+
+
 def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
                  deepspeed_file: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
@@ -191,9 +214,32 @@ def run_info(trainer) -> dict:
     opt = trainer.optimizer
     while hasattr(opt, "optimizer") and opt.optimizer is not opt:
         opt = opt.optimizer
-    return {"optimizer": type(opt).__name__, "world_size": trainer.accelerator.num_processes,
+    policy_opt = getattr(opt, "actor", opt)  # PPO's ActorCriticOptimizer: the policy's own optimizer
+    return {"optimizer": type(opt).__name__, "policy_optimizer": type(policy_opt).__name__,
+            "optimizer_steps": optimizer_steps(policy_opt), "world_size": trainer.accelerator.num_processes,
             "deepspeed": trainer.is_deepspeed_enabled, "trainer": type(trainer).__name__,
-            "use_vllm": bool(trainer.args.use_vllm), "global_step": trainer.state.global_step}
+            "use_vllm": bool(getattr(trainer.args, "use_vllm", False)), "global_step": trainer.state.global_step}
+
+
+def optimizer_steps(opt) -> int | None:
+    """How many steps ``opt`` has taken, read from its state (AdamW-style ``step`` entries), None if unknown."""
+    import torch
+
+    steps = [v["step"] for v in opt.state.values() if isinstance(v, dict) and "step" in v]
+    if not steps:
+        return None if not hasattr(opt, "state") else 0
+    s = steps[0]
+    return int(s.item() if isinstance(s, torch.Tensor) else s)
+
+
+def write_run_info(trainer, run_dir: Path) -> None:
+    """``run_dir/run_info.json`` (rank 0): what really ran, see :func:`run_info`."""
+    import json
+
+    if trainer.is_world_process_zero():
+        from reward.labeling.io import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(run_info(trainer), indent=1))
 
 
 def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
@@ -221,5 +267,5 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
             after = evaluate_on_one_rank(policy_dir, trainer, eval_ds, "after training")
         report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
         (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        (run_dir / "run_info.json").write_text(json.dumps(run_info(trainer), indent=1))
+        write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()

@@ -302,7 +302,8 @@ class ListwiseRMConfig(TrainingArguments):
 class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the listwise loss (:func:`listwise_loss`) and :class:`GroupCollator`.
 
-    Extra argument ``optimizer_cfg``: a recipe optimizer block (``{"name": "ondare", "args": {...}}``).
+    Extra argument ``optimizer_cfg``: a recipe optimizer block in ``build_optimizer``'s shape
+    (``{"name": "ondare", "p": ..., ...}``, from ``rlkit.trainers.common.optimizer_block``).
     ``per_device_train_batch_size`` counts problems (each brings all its responses).
     """
 
@@ -480,8 +481,8 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
     """
     from transformers import set_seed
 
-    from rlkit.trainers.common import (is_main_process, save_final, single_rank_hf, trainer_args,
-                                       write_summary)
+    from rlkit.trainers.common import (is_main_process, optimizer_block, save_final, single_rank_hf,
+                                       trainer_args, write_run_info, write_summary)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -507,8 +508,7 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
     kw["remove_unused_columns"] = False
     args = ListwiseRMConfig(**kw)
     train_ds = build_orm_dataset(train_groups, tokenizer, sp, args.max_length)
-    opt = recipe.optimizer
-    opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
+    opt_cfg = optimizer_block(recipe)
     trainer = ListwiseRMTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                                 optimizer_cfg=opt_cfg)
     measure = bool(eval_groups) and main
@@ -525,5 +525,6 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
                "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step,
                "world_size": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled}
     write_summary(run_dir / "orm_summary.json", summary)
+    write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()
     return summary

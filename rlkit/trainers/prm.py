@@ -213,7 +213,8 @@ def check_max_length(value: int, key: str = "training.max_length") -> None:
 class PRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the PRM loss (:func:`prm_loss`) and :class:`PRMCollator` by default.
 
-    Extra argument ``optimizer_cfg``: a recipe optimizer block (``{"name": "ondare", "args": {...}}``), used
+    Extra argument ``optimizer_cfg``: a recipe optimizer block in ``build_optimizer``'s shape
+    (``{"name": "ondare", "p": ..., ...}``, from ``rlkit.trainers.common.optimizer_block``), used
     when the optimizer hook is available. Pass ``remove_unused_columns=False`` in the arguments when the
     examples carry ``soft_labels`` (set automatically here).
     """
@@ -311,8 +312,8 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     """
     from transformers import set_seed
 
-    from rlkit.trainers.common import (is_main_process, save_final, single_rank_hf, trainer_args,
-                                       write_summary)
+    from rlkit.trainers.common import (is_main_process, optimizer_block, save_final, single_rank_hf,
+                                       trainer_args, write_run_info, write_summary)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,8 +340,7 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     main = is_main_process()
     if main:
         print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
-    opt = recipe.optimizer
-    opt_cfg = None if opt.name == "adamw" and not opt.args else {"name": opt.name, "args": dict(opt.args)}
+    opt_cfg = optimizer_block(recipe)
     trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tok, optimizer_cfg=opt_cfg)
     before = step_accuracy(model, eval_ds, pad_token_id=tok.pad_token_id) if eval_ds and main else None
@@ -354,5 +354,6 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
                "global_step": trainer.state.global_step, "world_size": trainer.accelerator.num_processes,
                "deepspeed": trainer.is_deepspeed_enabled}
     write_summary(run_dir / "prm_summary.json", summary)
+    write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()
     return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlkit.config import Recipe
-from rlkit.trainers.common import build_step_reward, load_datasets, train_and_report, trainer_args
+from rlkit.trainers.common import build_step_reward, load_datasets, optimizer_block, train_and_report, trainer_args
 
 GRPO_DEFAULTS = dict(num_generations=4, per_device_train_batch_size=4, max_completion_length=128,
                      learning_rate=1e-5, max_steps=20, temperature=1.0, beta=0.0)
@@ -36,8 +36,7 @@ def build_grpo_trainer(recipe: Recipe, run_dir: Path, trainer_cls: type | None =
         credit=alg.credit, aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
         outcome_weight=alg.outcome_weight, scale_rewards=alg.scale_rewards,
         steps_growth_warning=alg.steps_growth_warning,
-        optimizer_cfg=None if recipe.optimizer.name == "adamw" and not recipe.optimizer.args
-        else {"name": recipe.optimizer.name, **recipe.optimizer.args})
+        optimizer_cfg=optimizer_block(recipe))
 
 
 def run_grpo(recipe: Recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
