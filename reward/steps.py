@@ -116,15 +116,54 @@ def _strip_span(text: str, a: int, b: int) -> Step | None:
 def token_char_ends(tokenizer, token_ids: Sequence[int], text: str | None = None) -> list[int]:
     """For each token of ``token_ids``, the number of characters of the decoded text it completes.
 
-    Works with any tokenizer (byte-level BPE included): prefixes are decoded in one batched call, and a
-    token that ends inside a multi-byte character is given the end of the previous complete character.
-    ``text`` is the decoded full text (computed when omitted).
+    Works with any tokenizer (byte-level BPE and SentencePiece included). Decoding is incremental: each token is
+    decoded together with the few tokens before it and credited with the characters it adds, so the cost is
+    linear in the completion length; a token that ends inside a multi-byte character adds nothing until the
+    character is complete (it gets the end of the previous complete character). ``text`` is the decoded full
+    text (computed when omitted). Where the incremental pieces do not add up to ``text`` (a tokenizer whose
+    decoding cleans up spaces between tokens) or the text holds invalid bytes (U+FFFD), every prefix is decoded
+    instead (quadratic, the reference rule).
+
+    Example:
+        >>> from rlkit.testing import tiny_tokenizer
+        >>> tok = tiny_tokenizer(); ids = tok("48 / 2 = 24")["input_ids"]
+        >>> token_char_ends(tok, ids)[-1] == len("48 / 2 = 24")
+        True
     """
     ids = list(token_ids)
     if text is None:
         text = tokenizer.decode(ids, skip_special_tokens=True)
     if not ids:
         return []
+    if "\ufffd" not in text:  # bytes that never form a character: the prefix rule decides where they end
+        ends = _incremental_char_ends(tokenizer, ids)
+        if ends is not None and ends[1] == text:
+            return ends[0]
+    return _prefix_char_ends(tokenizer, ids, text)
+
+
+def _incremental_char_ends(tokenizer, ids: list[int]) -> tuple[list[int], str] | None:
+    """Per-token character ends by incremental detokenization, and the text the pieces add up to (None when a
+    token changes already credited text). Each token is decoded in a window that starts at the token before the
+    last credited one, so spaces and byte merges that depend on the previous token come out right."""
+    pieces: list[str] = []
+    ends: list[int] = []
+    n_chars, window, credited = 0, 0, 0  # ids[window:credited] decode to the window's already credited text
+    for i in range(len(ids)):
+        before = tokenizer.decode(ids[window:credited], skip_special_tokens=True) if credited > window else ""
+        now = tokenizer.decode(ids[window:i + 1], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            if not now.startswith(before):
+                return None
+            pieces.append(now[len(before):])
+            n_chars += len(pieces[-1])
+            window, credited = credited, i + 1
+        ends.append(n_chars)
+    return ends, "".join(pieces)
+
+
+def _prefix_char_ends(tokenizer, ids: list[int], text: str) -> list[int]:
+    """The quadratic reference: decode every prefix (one batched call)."""
     prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
     ends, prev = [], 0
     for p in prefixes:
@@ -132,6 +171,24 @@ def token_char_ends(tokenizer, token_ids: Sequence[int], text: str | None = None
             prev = len(p)
         ends.append(prev)
     return ends
+
+
+def locate_text(tokenizer, token_ids: Sequence[int], text: str) -> list[int] | None:
+    """Character ends of ``token_ids`` in the coordinates of ``text``, a part of their decoded text (e.g. the
+    ``content`` a chat parser kept after moving reasoning or tool calls out), or None when ``text`` does not
+    occur in the decoded ids. Tokens before ``text`` end at 0, tokens after it at ``len(text)``.
+
+    Example:
+        >>> from rlkit.testing import tiny_tokenizer
+        >>> tok = tiny_tokenizer(); ids = tok("good bad")["input_ids"]
+        >>> locate_text(tok, ids, "bad")[-1], locate_text(tok, ids, "ugly")
+        (3, None)
+    """
+    decoded = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    offset = 0 if text == decoded else decoded.find(text)
+    if offset < 0:
+        return None
+    return [min(max(e - offset, 0), len(text)) for e in token_char_ends(tokenizer, token_ids, decoded)]
 
 
 def step_token_spans(steps: Sequence[Step], char_ends: Sequence[int]) -> list[tuple[int, int] | None]:

@@ -12,9 +12,23 @@ Modes:
                    all steps of all responses of the group; A[b, t] = sum of r~[b, s] over steps s with
                    step_ends[b, s] >= t.
     min_form       PURE-style min-form credit. Same normalisation; A[b, t] = min of r~[b, s] over steps s with
-                   step_ends[b, s] >= t. Splitting a step into several with the same score changes nothing.
+                   step_ends[b, s] >= t. Splitting a step into several with the same score leaves each token's
+                   minimum the same for fixed r~, but it adds entries to the group's step statistics, so
+                   mean_g/std_g (and with them r~) do change.
     outcome        Usual GRPO: one reward per response R_b (any aggregation of its steps), A[b, t] =
                    (R_b - mean_g R) / (std_g R + eps) on every token.
+std_g is the *population* std (divide by n). TRL's GRPO divides by n - 1 (Bessel, ``trl.trainer.utils.nanstd``),
+so ``outcome`` credit equals TRL's group-scaled advantages times sqrt((G - 1) / G) (G = group size), and exactly
+TRL's with ``scale=False``.
+
+Outcome shaping (a verifier's 0/1 r_v mixed in, :func:`grpo_advantages` / :func:`ppo_token_rewards`):
+    weighted   outcome credit: R_b = agg(steps) + w * r_v (added *after* aggregation, so ``min`` can neither
+               drop it nor hide a low final step behind it). Step credit: A = A_steps + w * A_outcome(r_v),
+               the verifier's own group-normalised advantage on every token. PPO: + w * r_v on the last token.
+    qwen_math  the Qwen2.5-Math response reward sigmoid(0.5 r_m) + r_v - 1 on the response level, r_m the reward
+               model's *raw* score of the response (a probability p enters as logit(p)). Outcome credit: it is
+               R_b. Step credit: its group-normalised advantage is added to A_steps (once per response, not
+               once per step). PPO: it is added on the last token. ``outcome_weight`` is not used.
 Tokens after the last step's end get 0 (callers make the last step end on the last completion token).
 
 Example:
@@ -26,6 +40,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -102,7 +118,9 @@ def min_form(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: tor
 
 def outcome(response_rewards: torch.Tensor, token_mask: torch.Tensor, group_size: int, scale: bool = True,
             eps: float = EPS) -> torch.Tensor:
-    """(B, T) advantages: the group-normalised response reward on every completion token."""
+    """(B, T) advantages: the group-normalised response reward on every completion token.
+
+    The group std is the population std; TRL's GRPO uses Bessel's n - 1 (see the module docstring)."""
     if not torch.isfinite(response_rewards).all():
         raise ValueError("response rewards contain NaN or inf")
     ones = torch.ones_like(response_rewards, dtype=torch.bool)
@@ -113,26 +131,111 @@ def outcome(response_rewards: torch.Tensor, token_mask: torch.Tensor, group_size
     return adv[:, None] * token_mask.to(adv.dtype)
 
 
-def shape_with_outcome(step_rewards: torch.Tensor, step_mask: torch.Tensor, verified: torch.Tensor,
-                       mode: str = "weighted", weight: float = 1.0) -> torch.Tensor:
-    """Mix a verifiable 0/1 outcome ``verified`` (B,) into the last step's reward of each response.
+SHAPINGS = ("none", "weighted", "qwen_math")
+AGGREGATIONS = ("min", "last", "product", "mean")
 
-    ``weighted``: r_last + weight * r_v. ``qwen_math``: every step r -> sigmoid(0.5 r) + (r_v - 1), the
-    Qwen2.5-Math shaping, so any verified-correct response outranks any wrong one. ``none``: unchanged.
+
+def aggregate_steps(step_rewards: torch.Tensor, step_mask: torch.Tensor, how: str = "min") -> torch.Tensor:
+    """(B,) response scores from padded step rewards: min / last / product / mean of each row's real steps
+    (0 for a row without steps), the tensor form of ``reward.base.aggregate``.
+
+    Example:
+        >>> aggregate_steps(torch.tensor([[0.9, 0.3], [0.5, 0.0]]), torch.tensor([[1, 1], [1, 0]]).bool(), "min")
+        tensor([0.3000, 0.5000])
     """
-    if mode == "none":
-        return step_rewards
-    v = verified.to(step_rewards.dtype)
-    if mode == "qwen_math":
-        return torch.where(step_mask.bool(), torch.sigmoid(0.5 * step_rewards) + (v[:, None] - 1), step_rewards)
-    if mode != "weighted":
-        raise ValueError(f"unknown outcome shaping {mode!r} (allowed: none, weighted, qwen_math)")
-    last = last_step_index(step_mask)
-    out = step_rewards.clone()
-    rows = torch.arange(out.shape[0], device=out.device)
-    has = step_mask.bool().any(dim=1)
-    out[rows[has], last[has]] += weight * v[has]
-    return out
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r} (allowed: {', '.join(AGGREGATIONS)})")
+    m = step_mask.bool()
+    r = step_rewards.float()
+    has = m.any(dim=1)
+    if how == "min":
+        out = torch.where(m, r, torch.full_like(r, float("inf"))).min(dim=1).values
+    elif how == "last":
+        out = r.gather(1, last_step_index(m)[:, None])[:, 0]
+    elif how == "product":
+        out = torch.where(m, r, torch.ones_like(r)).prod(dim=1)
+    else:
+        out = (r * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+    return torch.where(has, out, torch.zeros_like(out))
+
+
+def raw_score(response_scores: torch.Tensor, probabilistic: bool, eps: float = 1e-6) -> torch.Tensor:
+    """A reward model's raw (logit-scale) score: logit(p) for probabilities (clamped to [eps, 1 - eps]), the
+    score itself otherwise."""
+    if not probabilistic:
+        return response_scores.float()
+    p = response_scores.float().clamp(eps, 1.0 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def qwen_math_reward(response_scores: torch.Tensor, verified: torch.Tensor, probabilistic: bool = True) -> torch.Tensor:
+    """(B,) sigmoid(0.5 r_m) + r_v - 1 with r_m the raw response score: every verified-correct response (in
+    (0, 1)) outranks every wrong one (in (-1, 0)), and the reward model orders responses within each class.
+
+    Example:
+        >>> qwen_math_reward(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))   # logit(0.5) = 0
+        tensor([ 0.5000, -0.5000])
+    """
+    return torch.sigmoid(0.5 * raw_score(response_scores, probabilistic)) + verified.float() - 1.0
+
+
+def shaped_response_reward(response_scores: torch.Tensor, verified: torch.Tensor | None, shaping: str = "none",
+                           weight: float = 1.0, probabilistic: bool = True) -> torch.Tensor:
+    """(B,) the response reward of ``outcome`` credit: the aggregated score with the verifier mixed in *after*
+    aggregation (``weighted``: + weight * r_v; ``qwen_math``: :func:`qwen_math_reward`)."""
+    _check_shaping(shaping, verified)
+    if shaping == "none":
+        return response_scores.float()
+    if shaping == "weighted":
+        return response_scores.float() + weight * verified.float()
+    return qwen_math_reward(response_scores, verified, probabilistic)
+
+
+def _check_shaping(shaping: str, verified: torch.Tensor | None) -> None:
+    if shaping not in SHAPINGS:
+        raise ValueError(f"unknown outcome shaping {shaping!r} (allowed: {', '.join(SHAPINGS)})")
+    if shaping != "none" and verified is None:
+        raise ValueError(f"outcome shaping {shaping!r} needs the verifier's results (a reference answer per prompt)")
+
+
+def grpo_advantages(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+                    token_mask: torch.Tensor, group_size: int, credit: str | Callable[..., torch.Tensor] = "process_grpo",
+                    aggregation: str = "min", verified: torch.Tensor | None = None, shaping: str = "none",
+                    weight: float = 1.0, probabilistic: bool = True, scale: bool = True,
+                    eps: float = EPS) -> torch.Tensor:
+    """(B, T) GRPO advantages for every (credit mode x outcome shaping) pair (see the module docstring).
+
+    ``credit``: ``process_grpo``, ``min_form``, ``outcome`` or a callable with :func:`process_grpo`'s signature.
+    ``verified``: (B,) 0/1 verifier results, needed when ``shaping`` is not ``none``.
+
+    Example: a correct answer whose last step scores low keeps that low step under ``min`` credit; the verifier
+    comes in as its own advantage (+1 and -1 here: the group has one correct and one wrong answer), so the
+    correct response with the bad last step still ends below the wrong one with good steps::
+
+        >>> r = torch.tensor([[0.9, 0.3], [0.9, 0.9]]); m = torch.ones(2, 2).bool(); e = torch.tensor([[0, 1]] * 2)
+        >>> grpo_advantages(r, m, e, torch.ones(2, 2), 2, "min_form", verified=torch.tensor([1.0, 0.0]),
+        ...                 shaping="weighted", eps=0.0)
+        tensor([[-0.7321, -0.7321],
+                [-0.4226, -0.4226]])
+    """
+    _check_shaping(shaping, verified)
+    if credit == "outcome":
+        response = shaped_response_reward(aggregate_steps(step_rewards, step_mask, aggregation), verified, shaping,
+                                          weight, probabilistic)
+        return outcome(response, token_mask, group_size, scale, eps)
+    fn = credit if callable(credit) else CREDIT_FUNCTIONS.get(credit)
+    if fn is None:
+        raise ValueError(f"unknown credit mode {credit!r} (allowed: {', '.join([*CREDIT_FUNCTIONS, 'outcome'])})")
+    if fn in CREDIT_FUNCTIONS.values():
+        adv = fn(step_rewards, step_mask, step_ends, token_mask, group_size, scale=scale, eps=eps)
+    else:  # a user's credit function: the documented signature without eps
+        adv = fn(step_rewards, step_mask, step_ends, token_mask, group_size, scale=scale)
+    if shaping == "weighted":
+        adv = adv + weight * outcome(verified.float(), token_mask, group_size, scale, eps)
+    elif shaping == "qwen_math":
+        response = qwen_math_reward(aggregate_steps(step_rewards, step_mask, aggregation), verified, probabilistic)
+        adv = adv + outcome(response, token_mask, group_size, scale, eps)
+    return adv
 
 
 def last_step_index(step_mask: torch.Tensor) -> torch.Tensor:
@@ -183,6 +286,34 @@ def place_step_rewards(step_rewards: torch.Tensor, step_mask: torch.Tensor, step
     out = torch.zeros(B, T, dtype=vals.dtype, device=vals.device)
     out.scatter_add_(1, step_ends.clamp(0, T - 1).long(), vals)
     return out * token_mask.to(out.dtype)
+
+
+def ppo_token_rewards(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
+                      token_mask: torch.Tensor, verified: torch.Tensor | None = None, shaping: str = "none",
+                      weight: float = 1.0, aggregation: str = "min", probabilistic: bool = True) -> torch.Tensor:
+    """(B, T) PPO token rewards before the KL penalty: each step's score on its step-end token
+    (:func:`place_step_rewards`) plus the outcome term on each response's last real token: ``weighted``
+    + weight * r_v, ``qwen_math`` + sigmoid(0.5 r_m) + r_v - 1 (r_m the raw aggregated response score).
+
+    Example:
+        >>> r = torch.tensor([[0.5, 1.0]]); m = torch.ones(1, 2, dtype=torch.bool); e = torch.tensor([[1, 2]])
+        >>> ppo_token_rewards(r, m, e, torch.tensor([[1, 1, 1, 0]]), torch.tensor([1.0]), "weighted", 2.0)
+        tensor([[0.0000, 0.5000, 3.0000, 0.0000]])
+    """
+    _check_shaping(shaping, verified)
+    out = place_step_rewards(step_rewards, step_mask, step_ends, token_mask)
+    if shaping == "none":
+        return out
+    if shaping == "weighted":
+        term = weight * verified.float()
+    else:
+        term = qwen_math_reward(aggregate_steps(step_rewards, step_mask, aggregation), verified, probabilistic)
+    m = token_mask.float()
+    last = (m.sum(dim=1).long() - 1).clamp(min=0)
+    has = m.sum(dim=1) > 0
+    rows = torch.arange(out.shape[0], device=out.device)
+    out[rows[has], last[has]] += term.to(out.dtype).to(out.device)[has]
+    return out
 
 
 def gae(token_rewards: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor, gamma: float = 1.0,

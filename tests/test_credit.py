@@ -89,18 +89,77 @@ def test_identical_group_gives_zero_advantage_not_nan():
     assert torch.equal(adv, torch.zeros(2, 2))
 
 
-def test_shaping_weighted_and_qwen_math():
-    r = _t([[0.9, 0.8], [0.6, 0.0]])
-    m = _t([[1, 1], [1, 0]], torch.bool)
-    v = _t([1.0, 0.0])
-    w = credit.shape_with_outcome(r, m, v, "weighted", weight=2.0)
-    assert w.flatten().tolist() == pytest.approx([0.9, 2.8, 0.6, 0.0])
-    q = credit.shape_with_outcome(r, m, v, "qwen_math")
-    sig = lambda x: 1 / (1 + math.exp(-0.5 * x))  # noqa: E731
-    assert q[0].tolist() == pytest.approx([sig(0.9), sig(0.8)])
-    assert q[1, 0].item() == pytest.approx(sig(0.6) - 1)
-    # any verified-correct response outranks any wrong one
-    assert q[0].min() > q[1, 0]
+# Every (credit mode x outcome shaping) pair by hand. One group of two responses, centring only (scale=False) so
+# the numbers stay readable: steps [0.9, 0.3] (correct answer) and [0.6, 0.6] (wrong answer), step k ends on
+# token k, aggregation min (0.3 and 0.6), outcome_weight 2. Group step mean 0.6: centred steps [0.3, -0.3] and
+# [0, 0]; the verifier [1, 0] centred is [0.5, -0.5].
+# qwen_math: r_m = logit(p) of the aggregated probability, sigmoid(0.5 * logit(p)) = sqrt(p) / (sqrt(p) +
+# sqrt(1 - p)): p = 0.3 -> 0.395644, p = 0.6 -> 0.550510; rewards [0.395644, 0.550510 - 1 = -0.449490], group
+# mean -0.026923, centred [0.422567, -0.422567].
+SHAPING_CASES = [
+    ("process_grpo", "none", [[0.0, -0.3], [0.0, 0.0]]),
+    ("min_form", "none", [[-0.3, -0.3], [0.0, 0.0]]),
+    ("outcome", "none", [[-0.15, -0.15], [0.15, 0.15]]),                # R = [0.3, 0.6]
+    ("process_grpo", "weighted", [[1.0, 0.7], [-1.0, -1.0]]),           # + 2 * [0.5, -0.5]
+    ("min_form", "weighted", [[0.7, 0.7], [-1.0, -1.0]]),
+    ("outcome", "weighted", [[0.85, 0.85], [-0.85, -0.85]]),            # R = [0.3 + 2, 0.6], after the min
+    ("process_grpo", "qwen_math", [[0.422567, 0.122567], [-0.422567, -0.422567]]),
+    ("min_form", "qwen_math", [[0.122567, 0.122567], [-0.422567, -0.422567]]),
+    ("outcome", "qwen_math", [[0.422567, 0.422567], [-0.422567, -0.422567]]),
+]
+
+
+@pytest.mark.parametrize("mode, shaping, expected", SHAPING_CASES)
+def test_every_credit_mode_with_every_shaping_by_hand(mode, shaping, expected):
+    r = _t([[0.9, 0.3], [0.6, 0.6]])
+    m = torch.ones(2, 2, dtype=torch.bool)
+    e = _t([[0, 1], [0, 1]], torch.long)
+    adv = credit.grpo_advantages(r, m, e, torch.ones(2, 2), group_size=2, credit=mode, aggregation="min",
+                                 verified=_t([1.0, 0.0]), shaping=shaping, weight=2.0, scale=False)
+    assert torch.allclose(adv, _t(expected), atol=1e-5), adv
+
+
+def test_weighted_outcome_is_not_hidden_by_the_min():
+    # the case: [0.9, 0.3] with a correct answer must score 0.3 + w under min, not min(0.9, 0.3 + w)
+    r = _t([[0.9, 0.3], [0.6, 0.6], [0.6, 0.6]])
+    R = credit.shaped_response_reward(credit.aggregate_steps(r, torch.ones(3, 2, dtype=torch.bool), "min"),
+                                      _t([1.0, 0.0, 0.0]), "weighted", weight=1.0)
+    assert R.tolist() == pytest.approx([1.3, 0.6, 0.6])
+
+
+def test_scaled_weighted_process_grpo_by_hand():
+    # scale=True, eps=0: step std sqrt(0.045) = 0.212132, r~ = [1.414214, -1.414214] and [0, 0]; the verifier
+    # normalised is [1, -1], times 2
+    r = _t([[0.9, 0.3], [0.6, 0.6]])
+    adv = credit.grpo_advantages(r, torch.ones(2, 2, dtype=torch.bool), _t([[0, 1], [0, 1]], torch.long),
+                                 torch.ones(2, 2), 2, "process_grpo", verified=_t([1.0, 0.0]), shaping="weighted",
+                                 weight=2.0, eps=0.0)
+    assert torch.allclose(adv, _t([[2.0, 2.0 - 1.414214], [-2.0, -2.0]]), atol=1e-5), adv
+
+
+def test_qwen_math_takes_raw_scores_of_non_probabilistic_models_and_ranks_correct_first():
+    raw = _t([2.0, -1.0, 5.0])  # an outcome RM's raw scores; the third response is wrong despite its high score
+    q = credit.qwen_math_reward(raw, _t([1.0, 1.0, 0.0]), probabilistic=False)
+    # sigmoid(1) = 0.731059, sigmoid(-0.5) = 0.377541, sigmoid(2.5) - 1 = -0.075858
+    assert q.tolist() == pytest.approx([0.731059, 0.377541, -0.075858], abs=1e-5)
+    assert q[:2].min() > q[2]
+
+
+def test_aggregate_steps_matches_reward_aggregate():
+    from reward.base import AGGREGATIONS, aggregate
+
+    rows = [[0.9, 0.3, 0.5], [0.4], []]
+    r, m, _ = credit.pad_steps(rows, [[0, 1, 2], [0], []])
+    for how in AGGREGATIONS:
+        assert credit.aggregate_steps(r, m, how).tolist() == pytest.approx([aggregate(x, how) for x in rows]), how
+
+
+def test_shaping_needs_the_verifier_and_a_known_mode():
+    r, m, e = _t([[0.5]]), torch.ones(1, 1, dtype=torch.bool), _t([[0]], torch.long)
+    with pytest.raises(ValueError, match="verifier"):
+        credit.grpo_advantages(r, m, e, torch.ones(1, 1), 1, shaping="qwen_math")
+    with pytest.raises(ValueError, match="unknown outcome shaping"):
+        credit.grpo_advantages(r, m, e, torch.ones(1, 1), 1, verified=_t([1.0]), shaping="both")
 
 
 def test_pad_steps_and_errors():

@@ -18,13 +18,34 @@ def test_place_step_rewards_on_step_end_tokens():
     assert torch.equal(out, torch.tensor([[0.0, 0.5, 0.0, 1.0], [0.0, 0.25, 0.0, 0.0]]))
 
 
-def test_place_step_rewards_same_end_adds_and_outcome_lands_on_last_step():
+def test_place_step_rewards_same_end_adds():
     r = torch.tensor([[0.5, 0.25]])
     m = torch.ones(1, 2, dtype=torch.bool)
-    e = torch.tensor([[2, 2]])
-    shaped = credit.shape_with_outcome(r, m, torch.tensor([1.0]), "weighted", 2.0)  # last step +2
-    out = credit.place_step_rewards(shaped, m, e, torch.ones(1, 3))
-    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 2.75]]))
+    out = credit.place_step_rewards(r, m, torch.tensor([[2, 2]]), torch.ones(1, 3))
+    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 0.75]]))
+
+
+# PPO token rewards x each shaping, by hand: steps 0.9 (ends on token 0) and 0.3 (ends on token 2, the last real
+# token; token 3 is padding), verified correct. min aggregation = 0.3; sigmoid(0.5 * logit(0.3)) =
+# sqrt(0.3) / (sqrt(0.3) + sqrt(0.7)) = 0.395644.
+@pytest.mark.parametrize("shaping, last", [("none", 0.3), ("weighted", 0.3 + 2.0), ("qwen_math", 0.3 + 0.395644)])
+def test_ppo_token_rewards_put_the_outcome_term_on_the_last_real_token(shaping, last):
+    r = torch.tensor([[0.9, 0.3]])
+    m = torch.ones(1, 2, dtype=torch.bool)
+    out = credit.ppo_token_rewards(r, m, torch.tensor([[0, 2]]), torch.tensor([[1, 1, 1, 0]]),
+                                   torch.tensor([1.0]), shaping, weight=2.0, aggregation="min")
+    assert out[0].tolist() == pytest.approx([0.9, 0.0, last, 0.0], abs=1e-5)
+
+
+def test_ppo_token_rewards_wrong_answer_and_empty_row():
+    r = torch.tensor([[0.6], [0.0]])
+    m = torch.tensor([[True], [False]])
+    tm = torch.tensor([[1, 1], [0, 0]])
+    out = credit.ppo_token_rewards(r, m, torch.tensor([[1], [0]]), tm, torch.tensor([0.0, 0.0]), "qwen_math")
+    # sigmoid(0.5 * logit(0.6)) - 1 = sqrt(.6) / (sqrt(.6) + sqrt(.4)) - 1 = -0.449490 on the last token
+    assert torch.allclose(out, torch.tensor([[0.0, 0.6 - 0.449490], [0.0, 0.0]]), atol=1e-5), out
+    with pytest.raises(ValueError, match="verifier"):
+        credit.ppo_token_rewards(r, m, torch.tensor([[1], [0]]), tm, None, "weighted")
 
 
 def test_place_step_rewards_rejects_out_of_range_end():

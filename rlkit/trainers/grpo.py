@@ -28,7 +28,7 @@ from trl import GRPOTrainer
 
 from reward.base import StepRewardModel, StepScores, aggregate
 from reward.models.verifier import is_correct
-from reward.steps import step_token_spans, token_char_ends
+from reward.steps import locate_text, step_token_spans
 from rlkit import credit as credit_lib
 from rlkit.optim.trainer_hook import RecipeOptimizerMixin
 
@@ -58,7 +58,7 @@ class PRMGRPOTrainer(RecipeOptimizerMixin, GRPOTrainer):
             ``rlkit.credit.process_grpo`` (step_rewards, step_mask, step_ends, token_mask, group_size, scale).
         aggregation: step scores -> response score (outcome credit, logging, PRM verdict).
         outcome_reward: "none" | "weighted" | "qwen_math": mix in the verifier's check against the dataset's
-            ``answer`` column (see ``rlkit.credit.shape_with_outcome``).
+            ``answer`` column (see ``rlkit.credit``: added after aggregation / as its own advantage).
         outcome_weight: weight of the verifier reward for "weighted".
         scale_rewards: divide by the group std (True) or only centre (False).
         steps_growth_warning: warn once mean steps per response exceeds this factor of its first value.
@@ -83,6 +83,7 @@ class PRMGRPOTrainer(RecipeOptimizerMixin, GRPOTrainer):
         self._pending: list[dict[str, Any]] | None = None
         self._first_steps_per_response: float | None = None
         self._warned_growth = False
+        self._warned_unplaced = False
         kwargs.pop("reward_funcs", None)
         super().__init__(reward_funcs=[self._reward_callable], **kwargs)
 
@@ -103,8 +104,13 @@ class PRMGRPOTrainer(RecipeOptimizerMixin, GRPOTrainer):
         for text, ids, sc, ref in zip(texts, completion_ids, scored, refs or [None] * len(texts)):
             ids = list(ids)
             n_tok = max(len(ids), 1)
+            unplaced = 0
             if len(sc.steps):
-                spans = step_token_spans(sc.steps, token_char_ends(tok, ids, text))
+                # align against the decoded ids: TRL may have parsed the response (reasoning / tool calls moved out
+                # of the content), so the scored text can be a part of what the tokens decode to
+                char_ends = locate_text(tok, ids, text)
+                spans = step_token_spans(sc.steps, char_ends) if char_ends is not None else [None] * len(sc.steps)
+                unplaced = sum(s is None for s in spans)
                 ends = [n_tok - 1 if s is None else s[1] for s in spans]
                 ends[-1] = n_tok - 1  # the last step ends with the completion (EOS included)
                 scores = list(sc.scores)
@@ -113,23 +119,26 @@ class PRMGRPOTrainer(RecipeOptimizerMixin, GRPOTrainer):
             # the verifier runs whenever a reference exists: for outcome shaping and the accuracy monitor
             verified = None if ref is None else float(is_correct(text, ref))
             items.append({"scores": scores, "ends": ends, "verified": verified, "n_tokens": len(ids),
-                          "n_steps": len(sc.steps)})
+                          "n_steps": len(sc.steps), "unplaced": unplaced})
+        if any(it["unplaced"] for it in items) and not self._warned_unplaced:
+            self._warned_unplaced = True
+            logger.warning("%d of %d scored steps could not be placed on the completion's tokens (the scored text "
+                           "does not occur in the decoded completion); they are put on the last token, which "
+                           "turns their credit into outcome credit. Counted in prm/unplaced_steps.",
+                           sum(it["unplaced"] for it in items), sum(it["n_steps"] for it in items))
         self._pending = items
         return [aggregate(it["scores"], self.aggregation) for it in items]
 
     # ------------------------------------------------------------------ advantages
     def compute_advantages(self, step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
                            token_mask: torch.Tensor, verified: torch.Tensor | None, group_size: int) -> torch.Tensor:
-        """Hook: (B, T) advantages for the whole (gathered) batch from padded step tensors."""
-        if verified is not None and self.outcome_reward != "none":
-            step_rewards = credit_lib.shape_with_outcome(step_rewards, step_mask, verified, self.outcome_reward,
-                                                         self.outcome_weight)
-        if self.credit == "outcome":
-            per_resp = torch.tensor([aggregate(r[m].tolist(), self.aggregation)
-                                     for r, m in zip(step_rewards, step_mask)], dtype=torch.float32)
-            return credit_lib.outcome(per_resp, token_mask, group_size, self.scale_step_rewards)
-        fn = self.credit if callable(self.credit) else credit_lib.CREDIT_FUNCTIONS[self.credit]
-        return fn(step_rewards, step_mask, step_ends, token_mask, group_size, scale=self.scale_step_rewards)
+        """Hook: (B, T) advantages for the whole (gathered) batch from padded step tensors
+        (``rlkit.credit.grpo_advantages``: the credit mode, with the verifier mixed in as the recipe says)."""
+        return credit_lib.grpo_advantages(
+            step_rewards, step_mask, step_ends, token_mask, group_size, credit=self.credit,
+            aggregation=self.aggregation, verified=verified if self.outcome_reward != "none" else None,
+            shaping=self.outcome_reward, weight=self.outcome_weight,
+            probabilistic=getattr(self.step_reward, "probabilistic", True), scale=self.scale_step_rewards)
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -171,6 +180,7 @@ class PRMGRPOTrainer(RecipeOptimizerMixin, GRPOTrainer):
         min_last = [it["scores"].index(min(it["scores"])) == len(it["scores"]) - 1
                     for it in items if len(it["scores"]) > 1]
         m["prm/min_on_final_step"].append(sum(min_last) / max(len(min_last), 1))
+        m["prm/unplaced_steps"].append(float(sum(it.get("unplaced", 0) for it in items)))
         m["prm/response_tokens"].append(sum(it["n_tokens"] for it in items) / max(len(items), 1))
         ver = [it for it in items if it["verified"] is not None]
         if ver:

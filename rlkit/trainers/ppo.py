@@ -11,7 +11,8 @@ score placed on the completion token that ends it, reward-hacking monitors). Wha
   Trainer / DeepSpeed engine (ZeRO-2/3) shards, steps, checkpoints and resumes both;
 * token rewards: the PRM score of each step on its step-end token (+ the verifier's 0/1 outcome on the last step
   with ``outcome_reward``), minus ``kl_coef * (log pi_old - log pi_ref)`` on every token;
-* GAE(gamma, lam) advantages (whitened over the whole batch, all ranks), returns as value targets;
+* GAE(gamma, lam) advantages (whitened over the whole batch, all ranks), returns R_t = A_t + V(s_t) as the
+  targets of V(s_t);
 * loss = TRL's clipped policy loss + ``vf_coef`` * 0.5 * max((V - R)^2, (clip(V, V_old +- cliprange_value) - R)^2).
 
 LoRA / PEFT (``peft_config``, as for TRL's GRPOTrainer): only the policy's adapter trains. The KL reference is
@@ -25,8 +26,10 @@ merged) and the critic at ``critic/``.
 vLLM (``use_vllm``, colocate or server): TRL generates and syncs the policy's weights to vLLM after each
 optimizer step; the critic is kept out of that sync.
 
-Mini-epochs: one rollout (``per_device_train_batch_size * steps_per_generation`` completions per rank) is
-shuffled, split into ``steps_per_generation`` mini-batches, and swept ``num_iterations`` times (PPO epochs).
+Mini-epochs: one rollout (``per_device_train_batch_size * steps_per_generation`` completions per rank) is swept
+``num_iterations`` times (PPO epochs), each time reshuffled and split into ``steps_per_generation`` mini-batches.
+Values: ``state_values`` is the one place that reads the critic; column t is V(s_t), the state before completion
+token t, for the rollout's old values, GAE, the returns and the clipped value loss alike.
 The policy clip range is TRL's ``epsilon`` (``epsilon_high`` for an asymmetric clip).
 
 The recipe's online-merging optimizer (OnDARE/OnTIES) acts on the policy's parameters only; the critic always
@@ -47,13 +50,14 @@ import contextlib
 import copy
 import logging
 import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import (shuffle_sequence_dict, split_pixel_values_by_grid, split_tensor_dict,
+                               unsplit_pixel_values_by_grid)
 
 from rlkit import credit as credit_lib
 from rlkit.trainers.grpo import PRMGRPOTrainer
@@ -237,7 +241,8 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         if not self.is_deepspeed_enabled:
             critic.to(self.accelerator.device)
         self.model.add_module(CRITIC_ATTR, critic)
-        self._ppo_metrics_local: dict[str, list[float]] = defaultdict(list)
+        self._rollout: dict[str, Any] | None = None  # the current rollout, re-split into mini-batches per epoch
+        self._rollout_epoch: int | None = None
         if getattr(self, "vllm_generation", None) is not None:
             self._keep_critic_out_of_vllm_sync()
 
@@ -263,10 +268,14 @@ class PRMPPOTrainer(PRMGRPOTrainer):
     def _critic_of(self, model):
         return _critic_holder(self.accelerator.unwrap_model(model))._modules[CRITIC_ATTR]
 
-    def _values(self, model, input_ids, attention_mask, n_keep: int) -> torch.Tensor:
-        """(B, n_keep) critic outputs at the last ``n_keep`` positions; position p holds V(tokens[:p+1])."""
+    def state_values(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     n_completion: int) -> torch.Tensor:
+        """(B, n_completion + 1) critic values of the completion's states, the one convention of the rollout,
+        GAE, the value targets and the value loss: column t is V(s_t), the value of the state *before*
+        completion token t (prompt + completion tokens < t, read at the position of the token before it), and
+        column n_completion the value after the last column (used to bootstrap a truncated response)."""
         out = self._critic_of(model)(input_ids=input_ids, attention_mask=attention_mask)
-        return out.logits[:, -n_keep:, 0].float()
+        return out.logits[:, -(n_completion + 1):, 0].float()
 
     def _ref_logps(self, input_ids, attention_mask, n_keep: int, batch_size: int | None) -> torch.Tensor:
         if self.ref_model is not None:
@@ -281,11 +290,13 @@ class PRMPPOTrainer(PRMGRPOTrainer):
 
     def token_rewards(self, step_rewards: torch.Tensor, step_mask: torch.Tensor, step_ends: torch.Tensor,
                       token_mask: torch.Tensor, verified: torch.Tensor | None) -> torch.Tensor:
-        """Hook: (B, T) token rewards from padded step tensors (before the KL penalty)."""
-        if verified is not None and self.outcome_reward != "none":
-            step_rewards = credit_lib.shape_with_outcome(step_rewards, step_mask, verified, self.outcome_reward,
-                                                         self.outcome_weight)
-        return credit_lib.place_step_rewards(step_rewards, step_mask, step_ends, token_mask)
+        """Hook: (B, T) token rewards from padded step tensors (before the KL penalty): step scores on their
+        step-end tokens, the outcome term on the last token (``rlkit.credit.ppo_token_rewards``)."""
+        return credit_lib.ppo_token_rewards(
+            step_rewards, step_mask, step_ends, token_mask,
+            verified=verified if self.outcome_reward != "none" else None, shaping=self.outcome_reward,
+            weight=self.outcome_weight, aggregation=self.aggregation,
+            probabilistic=getattr(self.step_reward, "probabilistic", True))
 
     def _global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = mask.float()
@@ -315,7 +326,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
                 old_logps = self._get_per_token_logps_and_entropies(self.model, input_ids, attn, T,
                                                                     batch_size=bs)[0]
             ref_logps = self._ref_logps(input_ids, attn, T, bs) if self.kl_coef > 0 else None
-            values_all = torch.cat([self._values(self.model, input_ids[i:i + bs], attn[i:i + bs], T + 1)
+            values_all = torch.cat([self.state_values(self.model, input_ids[i:i + bs], attn[i:i + bs], T)
                                     for i in range(0, B, bs)], dim=0)
         device = completion_ids.device
         m = cmask.float()
@@ -363,6 +374,24 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         self.log_step_metrics(gather_object(local), mode)
         return out
 
+    # ------------------------------------------------------------------ mini-batches
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering with one change: the rollout is reshuffled into new mini-batches at every PPO epoch
+        (TRL shuffles once per rollout and sweeps the same mini-batches ``num_iterations`` times)."""
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        spg = self.args.steps_per_generation
+        generate_every = spg * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None or self._rollout is None:
+            self._rollout = split_pixel_values_by_grid(self._generate_and_score_completions(generation_batch))
+            self._rollout_epoch = None
+        epoch = (self._step % generate_every) // spg
+        if epoch != self._rollout_epoch:
+            batches = split_tensor_dict(shuffle_sequence_dict(self._rollout), spg)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
+            self._rollout_epoch = epoch
+        return self._buffered_inputs[self._step % spg]
+
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         policy_loss = super()._compute_loss(model, inputs)
@@ -370,7 +399,8 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"].float()
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        values = self._values(model, input_ids, attn, completion_ids.size(1))
+        T = completion_ids.size(1)
+        values = self.state_values(model, input_ids, attn, T)[:, :T]  # V(s_t), as at the rollout
         old, ret = inputs["old_values"], inputs["returns"]
         clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
         vf_losses = torch.max((values - ret) ** 2, (clipped - ret) ** 2)
@@ -490,7 +520,7 @@ def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) ->
     """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend, LoRA).
     PPO fields (gamma, lam, vf_coef, kl_coef, critic_model, ...) go under the recipe's ``training:`` block."""
     from rlkit.models import load_tokenizer, resolve_model
-    from rlkit.trainers.common import build_step_reward, load_datasets, trainer_args
+    from rlkit.trainers.common import build_step_reward, load_datasets, optimizer_block, trainer_args
 
     kw = trainer_args(recipe, run_dir, PPO_DEFAULTS)
     if recipe.generation.backend == "vllm":
@@ -509,8 +539,7 @@ def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) ->
         peft_config=recipe.peft.to_lora_config() if recipe.peft is not None else None,
         aggregation=alg.aggregation, outcome_reward=alg.outcome_reward, outcome_weight=alg.outcome_weight,
         steps_growth_warning=alg.steps_growth_warning,
-        optimizer_cfg=None if recipe.optimizer.name == "adamw" and not recipe.optimizer.args
-        else {"name": recipe.optimizer.name, **recipe.optimizer.args})
+        optimizer_cfg=optimizer_block(recipe))
 
 
 def run_ppo(recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
