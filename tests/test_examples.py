@@ -99,3 +99,9 @@ def test_grpo_overhead_and_online_merging_benchmarks_print_ratios():
                          "--reps", "1")
     ratios = dict(re.findall(r"^(adamw|ondare|onties)\s+step\s+[0-9.]+ ms\s+ratio\s+([0-9.]+)x", out, re.M))
     assert set(ratios) == {"adamw", "ondare", "onties"} and float(ratios["adamw"]) == 1.0, out
+
+
+def test_token_alignment_benchmark_prints_equal_outputs_and_a_speedup():
+    out = _run_benchmark("token_alignment.py", "--tokens", "256", "--tokenizer", "tiny", "--repeats", "1")
+    m = re.search(r"speedup incremental vs prefix = ([0-9.]+)x", out)
+    assert m and float(m.group(1)) > 0 and "(outputs equal)" in out, out
