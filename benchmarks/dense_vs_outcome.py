@@ -33,9 +33,10 @@ def main() -> None:
 
     from rlkit import report
     from rlkit.config import load_recipe
-    from rlkit.launch import new_run_dir, write_run_files
-    from rlkit.trainers.common import load_datasets
-    from rlkit.trainers.recipe_grpo import build_grpo_trainer
+    from rlkit.distributed import write_run_files
+    from rlkit.launch import new_run_dir
+    from rlkit.recipe_glue import load_datasets
+    from rlkit.trainers.grpo_runner import build_grpo_trainer
 
     class HeldOut(TrainerCallback):
         """Greedy held-out accuracy every k steps (and at step 0)."""

@@ -37,7 +37,7 @@ def main() -> None:
     from reward.registry import build_reward
     from rlkit import testing
     from rlkit.data import load_prompts
-    from rlkit.trainers.grpo import PRMGRPOTrainer
+    from rlkit.trainers.grpo_trainer import PRMGRPOTrainer
 
     tok = testing.tiny_tokenizer()
     scorer = build_reward("arithmetic", verify_final=True)

@@ -3,7 +3,13 @@
 Run:  python examples/custom_credit.py [--tiny]
 
 A credit function takes the padded step tensors of a whole batch and returns (B, T) advantages; see
-rlkit/credit.py for the built-in ones. Pass it as `credit=` to PRMGRPOTrainer.
+rlkit/credit.py for the built-in ones. A recipe names it by import path, no subclass needed:
+
+    algorithm: {name: grpo, credit: custom_credit:discounted_process_credit}
+
+(``package.module:function``; the module must be importable: here this file's folder is on sys.path because
+the script runs from it). ``credit.register_credit("name")`` registers a function under a short name instead,
+and ``PRMGRPOTrainer(credit=fn)`` takes the callable itself in Python.
 """
 
 from __future__ import annotations
@@ -31,15 +37,11 @@ def discounted_process_credit(step_rewards, step_mask, step_ends, token_mask, gr
 def main() -> None:
     from rlkit.config import load_recipe
     from rlkit.launch import train
-    from rlkit.trainers.grpo import PRMGRPOTrainer
-
-    class DiscountedCreditTrainer(PRMGRPOTrainer):
-        def __init__(self, **kwargs):
-            super().__init__(**{**kwargs, "credit": discounted_process_credit})  # any credit-shaped callable
 
     args = parse_args(__doc__)
-    recipe = load_recipe("grpo_prm_quickstart", overrides(args, "name=custom_credit"))
-    print("run folder:", train(recipe, args.output_dir, trainer_cls=DiscountedCreditTrainer))
+    recipe = load_recipe("grpo_prm_quickstart", overrides(args, "name=custom_credit",
+                                                          "algorithm.credit=custom_credit:discounted_process_credit"))
+    print("run folder:", train(recipe, args.output_dir))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python examples/label_and_train_prm.py --tiny                # random tiny model: a one-minute smoke run
     python examples/label_and_train_prm.py --gsm8k ../shared/data/gsm8k/test.jsonl --problems 16
 
-This is the recipe ``recipes/prm_pipeline_embedded.yaml`` (``rlkit train prm_pipeline_embedded`` does the
+This is the recipe ``rlkit/recipes/prm_pipeline_embedded.yaml`` (``rlkit train prm_pipeline_embedded`` does the
 same), run from Python so the settings can be changed with flags; the stages live in
 ``rlkit/trainers/prm_pipeline.py``. Every stage prints its counts and writes its file under the run folder
 (``data/``, ``prm/final``, ``report/``). With a 135M policy as its own judge most verdicts are unparsable, so

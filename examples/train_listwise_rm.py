@@ -62,7 +62,8 @@ def main() -> int:
     from reward.labeling.io import atomic_write_jsonl
     from reward.registry import build_reward
     from rlkit.config import recipe_from_dict
-    from rlkit.trainers.orm import evaluate_outcome_rm, label_groups, orm_from_causal_lm, read_group_rows, train_orm
+    from reward.evaluation.ranking import evaluate_outcome_rm
+    from rlkit.trainers.orm_trainer import label_groups, orm_from_causal_lm, read_group_rows, train_orm
 
     model, lr = args.model, args.lr
     groups_file = out / "groups.jsonl"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from _tiny import overrides, parse_args
 
 from reward.base import StepScores
-from rlkit.trainers.grpo import PRMGRPOTrainer
+from rlkit.trainers.grpo_trainer import PRMGRPOTrainer
 
 
 class CappedStepsGRPOTrainer(PRMGRPOTrainer):

@@ -33,7 +33,6 @@ import torch
 from reward.models._hf import output_logits
 
 
-
 @dataclass
 class ForwardBatch:
     """One forward batch as a reducer sees it (all tensors on the model's device, rows right-padded).

@@ -31,8 +31,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from reward.labeling.io import (PROBLEM_KEYS, REFERENCE_KEYS, LabelDataError, ResumableWriter, _first,
-                                read_jsonl)
+from reward.labeling.io import (
+    PROBLEM_KEYS,
+    REFERENCE_KEYS,
+    LabelDataError,
+    ResumableWriter,
+    _first,
+    read_jsonl,
+)
+from reward.models.composite import response_score
+from reward.models.verifier import is_correct
 
 Progress = Callable[[str], None]
 
@@ -101,8 +109,6 @@ def sft_messages(problem: str, response: str, system_prompt: str | None = None) 
 
 
 def _reward_scores(reward: Any, problem: str, texts: Sequence[str], reference: str | None) -> list[float]:
-    from reward.models.composite import response_score
-
     refs = [reference] * len(texts) if reference is not None else None
     return [response_score(s) for s in reward.score([problem] * len(texts), list(texts), refs)]
 
@@ -138,7 +144,7 @@ def rejection_sample(items: Sequence[Mapping], completer: Any, output: str | Pat
     if require_correct and any(it.get("reference") is None for it in items):
         raise SelectionError("require_correct needs a reference answer for every prompt")
     if verify is None:
-        from reward.models.verifier import is_correct as verify
+        verify = is_correct
     if system_prompt is None:
         system_prompt = getattr(completer, "system_prompt", None)
     done = _done_ids(output)
@@ -204,7 +210,7 @@ def filter_prompts(items: Sequence[Mapping], completer: Any, output: str | Path,
     if any(it.get("reference") is None for it in items):
         raise SelectionError("prompt filtering needs a reference answer for every prompt")
     if verify is None:
-        from reward.models.verifier import is_correct as verify
+        verify = is_correct
     done = _done_ids(output)
     todo = [it for it in items if it["id"] not in done]
     skipped = len(items) - len(todo)

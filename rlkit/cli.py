@@ -1,7 +1,7 @@
 """The `rlkit` command: train | check | recipes | rewards | label | eval | select.
 
 Examples:
-    rlkit train recipes/grpo_prm_quickstart.yaml --set training.max_steps=5
+    rlkit train grpo_prm_quickstart --set training.max_steps=5
     rlkit train grpo_prm_quickstart --set reward.name=verifier      # swap the reward model in one line
     rlkit check my_recipe.yaml                                      # validate only, load nothing
     rlkit recipes                                                   # shipped recipes, one line each
@@ -18,6 +18,12 @@ import importlib
 import logging
 import sys
 
+from reward.base import RewardError
+from reward.registry import available, get_reward_class
+from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes, yaml_load
+from rlkit.data import DataError
+from rlkit.launch import train
+from rlkit.models import ModelError
 
 EXIT_USAGE = 2
 
@@ -28,8 +34,6 @@ def _fail(msg: str) -> int:
 
 
 def _load(args):
-    from rlkit.config import load_recipe
-
     return load_recipe(args.recipe, args.set)
 
 
@@ -41,8 +45,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rlkit.launch import train
-
     recipe = _load(args)  # every check happens here, before any folder or model exists
     run_dir = train(recipe, args.output_dir)
     print(f"rlkit: run finished: {run_dir}")
@@ -53,8 +55,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from rlkit.config import RECIPES_DIR, shipped_recipes, yaml_load
-
     for name in shipped_recipes():
         data = yaml_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
         desc = " ".join(str(data.get("description", "")).split())
@@ -66,8 +66,6 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_rewards(args) -> int:
-    from reward.registry import available, get_reward_class
-
     for name in available():
         doc = (get_reward_class(name).__doc__ or "").strip().splitlines()
         print(f"{name:<20} {doc[0] if doc else ''}")
@@ -102,10 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from reward.base import RewardError
-    from rlkit.config import RecipeError
-    from rlkit.data import DataError
-    from rlkit.models import ModelError
 
     try:
         return int(args.func(args) or 0)

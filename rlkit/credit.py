@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch
@@ -205,7 +206,8 @@ def grpo_advantages(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_en
                     eps: float = EPS) -> torch.Tensor:
     """(B, T) GRPO advantages for every (credit mode x outcome shaping) pair (see the module docstring).
 
-    ``credit``: ``process_grpo``, ``min_form``, ``outcome`` or a callable with :func:`process_grpo`'s signature.
+    ``credit``: ``process_grpo``, ``min_form``, ``outcome``, a registered name (:func:`register_credit`), an
+    import path ``package.module:function``, or a callable with :func:`process_grpo`'s signature.
     ``verified``: (B,) 0/1 verifier results, needed when ``shaping`` is not ``none``.
 
     Example: a correct answer whose last step scores low keeps that low step under ``min`` credit; the verifier
@@ -223,10 +225,8 @@ def grpo_advantages(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_en
         response = shaped_response_reward(aggregate_steps(step_rewards, step_mask, aggregation), verified, shaping,
                                           weight, probabilistic)
         return outcome(response, token_mask, group_size, scale, eps)
-    fn = credit if callable(credit) else CREDIT_FUNCTIONS.get(credit)
-    if fn is None:
-        raise ValueError(f"unknown credit mode {credit!r} (allowed: {', '.join([*CREDIT_FUNCTIONS, 'outcome'])})")
-    if fn in CREDIT_FUNCTIONS.values():
+    fn = resolve_credit(credit)
+    if fn in (process_grpo, min_form):
         adv = fn(step_rewards, step_mask, step_ends, token_mask, group_size, scale=scale, eps=eps)
     else:  # a user's credit function: the documented signature without eps
         adv = fn(step_rewards, step_mask, step_ends, token_mask, group_size, scale=scale)
@@ -263,7 +263,55 @@ def pad_steps(step_scores: list[list[float]], step_end_tokens: list[list[int]],
     return rewards, mask, ends
 
 
-CREDIT_FUNCTIONS = {"process_grpo": process_grpo, "min_form": min_form}
+CREDIT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"process_grpo": process_grpo, "min_form": min_form}
+CREDIT_MODES = (*CREDIT_FUNCTIONS, "outcome")
+
+
+def register_credit(name: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator: make a credit function (``process_grpo``'s signature) available by ``name`` in recipes
+    (``algorithm.credit: name``), beside the built-in modes.
+
+    Example::
+
+        @register_credit("last_step_only")
+        def last_step_only(step_rewards, step_mask, step_ends, token_mask, group_size, scale=True): ...
+    """
+    if name in CREDIT_MODES:
+        raise ValueError(f"credit mode {name!r} is built in")
+
+    def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        CREDIT_FUNCTIONS[name] = fn
+        return fn
+    return deco
+
+
+def resolve_credit(credit: str | Callable[..., torch.Tensor]) -> str | Callable[..., torch.Tensor]:
+    """``"outcome"``, a credit function by registered name, or by import path ``package.module:function``
+    (importing the module runs any ``@register_credit`` in it). Raises ValueError naming the problem."""
+    if callable(credit) or credit == "outcome":
+        return credit
+    if credit in CREDIT_FUNCTIONS:
+        return CREDIT_FUNCTIONS[credit]
+    if isinstance(credit, str) and ":" in credit:
+        module, _, attr = credit.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"credit function {credit!r} cannot be imported ({e})") from None
+        if not callable(fn):
+            raise ValueError(f"credit function {credit!r} is not callable")
+        return fn
+    raise ValueError(f"unknown credit mode {credit!r} (allowed: {', '.join(CREDIT_FUNCTIONS)}, outcome, or "
+                     f"package.module:function)")
+
+
+def credit_problem(credit: str) -> str | None:
+    """None when :func:`resolve_credit` finds ``credit``, else its one-line reason (for recipe validation)."""
+    try:
+        resolve_credit(credit)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- PPO: token rewards, GAE

@@ -24,7 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reward.base import AGGREGATIONS, RewardError
+from reward.evaluation.bon import best_of_n, score_candidates
+from reward.evaluation.processbench import DataError, evaluate_processbench, load_processbench, pct
+from reward.evaluation.report import write_bon_report, write_processbench_report
+from reward.labeling.io import LabelDataError, read_jsonl
+from reward.registry import build_reward, check_reward_args, get_reward_class
 from rlkit.label_cmd import UsageError, parse_kv
+from rlkit.models import ModelError, check_model_name, resolve_model
 
 
 def _reward_args(p: argparse.ArgumentParser) -> None:
@@ -61,11 +68,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reward.base import RewardError
-    from reward.evaluation.processbench import DataError
-    from reward.labeling.io import LabelDataError
-    from rlkit.models import ModelError
-
     try:
         if args.eval_command == "processbench":
             return _processbench(args)
@@ -77,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from reward.registry import check_reward_args, get_reward_class
-
     kw: dict[str, Any] = {}
     if args.reward_args:
         try:
@@ -94,8 +94,6 @@ def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(problems[0])
     model = kw.get("model")
     if isinstance(model, str):
-        from rlkit.models import check_model_name, resolve_model
-
         problem = check_model_name(model)
         if problem:
             raise UsageError(f"reward model: {problem}")
@@ -105,8 +103,6 @@ def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build(args: argparse.Namespace, kw: dict[str, Any]):
-    from reward.registry import build_reward
-
     return build_reward(args.reward, **kw)
 
 
@@ -115,9 +111,6 @@ def _out_dir(args: argparse.Namespace, kind: str) -> Path:
 
 
 def _processbench(args: argparse.Namespace) -> int:
-    from reward.evaluation.processbench import evaluate_processbench, load_processbench, pct
-    from reward.evaluation.report import write_processbench_report
-
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
     splits = [s for s in args.splits.split(",") if s] if args.splits else None
@@ -161,12 +154,6 @@ def _processbench(args: argparse.Namespace) -> int:
 
 
 def _bon(args: argparse.Namespace) -> int:
-    from reward.base import AGGREGATIONS
-    from reward.evaluation.bon import best_of_n, score_candidates
-    from reward.evaluation.processbench import pct
-    from reward.evaluation.report import write_bon_report
-    from reward.labeling.io import read_jsonl
-
     aggs = [a for a in args.aggregations.split(",") if a]
     for a in aggs:
         if a not in AGGREGATIONS:

@@ -20,6 +20,21 @@ from typing import Any
 
 import yaml
 
+from reward.base import RewardError
+from reward.labeling.consensus import consensus, format_report
+from reward.labeling.io import (
+    LabelDataError,
+    ResumableWriter,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_items,
+    read_jsonl,
+)
+from reward.labeling.judge import run_judge
+from reward.labeling.mc import build_completer, run_mc
+from reward.registry import build_reward
+from rlkit.models import ModelError, check_model_name, resolve_model
+
 METHODS = ("mc", "judge", "consensus")
 
 
@@ -72,25 +87,17 @@ def parse_kv(pairs: list[str], what: str) -> dict[str, Any]:
 
 def _resolve(name: str) -> str:
     if name.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
         return resolve_model(name)
     return name
 
 
 def _check_model(name: str, flag: str) -> None:
-    from rlkit.models import check_model_name
-
     problem = check_model_name(name)
     if problem:
         raise UsageError(f"{flag}: {problem}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from reward.base import RewardError
-    from reward.labeling.io import LabelDataError
-    from rlkit.models import ModelError
-
     try:
         return _run(args)
     except (UsageError, LabelDataError, RewardError, ModelError, ValueError, OSError) as e:
@@ -103,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from reward.labeling.io import read_items
-
     if args.method == "consensus":
         return _consensus(args)
     if not args.input:
@@ -120,8 +125,6 @@ def _run(args: argparse.Namespace) -> int:
         if args.items_per_call < 1:
             raise UsageError("--items-per-call must be >= 1")
         _check_model(args.completer, "--completer")
-        from reward.labeling.io import ResumableWriter
-        from reward.labeling.mc import build_completer, run_mc
 
         ResumableWriter(args.output).close()  # refuses a foreign output file before loading the model
         comp = build_completer(args.completer, backend=args.backend, max_new_tokens=args.max_new_tokens,
@@ -134,9 +137,6 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--method judge needs --judge MODEL")
         _check_model(args.judge, "--judge")
         jargs = parse_kv(args.judge_arg, "--judge-arg")
-        from reward.labeling.io import ResumableWriter
-        from reward.labeling.judge import run_judge
-        from reward.registry import build_reward
 
         ResumableWriter(args.output).close()
         judge = build_reward("llm-judge", model=_resolve(args.judge), **jargs)
@@ -147,9 +147,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _consensus(args: argparse.Namespace) -> int:
-    from reward.labeling.consensus import consensus, format_report
-    from reward.labeling.io import atomic_write_jsonl, atomic_write_text, read_jsonl
-
     if not args.mc or not args.judge_labels:
         raise UsageError("--method consensus needs --mc FILE and --judge-labels FILE")
     mc = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(args.mc)]

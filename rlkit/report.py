@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reward.models.verifier import is_correct
+
 CURVES = [("reward", "PRM reward (aggregated)"), ("outcome/accuracy", "verifier accuracy of samples"),
           ("prm/steps_per_response", "steps per response"), ("prm/step_score_mean", "mean step score"),
           ("prm/min_on_final_step", "share with min score on final step"), ("loss", "loss")]
@@ -29,7 +31,6 @@ def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128,
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from reward.models.verifier import is_correct
 
     if isinstance(model, (str, Path)):
         model = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)

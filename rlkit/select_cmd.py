@@ -27,7 +27,13 @@ import json
 import sys
 from typing import Any
 
+from reward.base import RewardError
+from reward.labeling.io import LabelDataError, ResumableWriter
+from reward.labeling.mc import SYSTEM_PROMPT, build_completer
+from reward.registry import available, build_reward, check_reward_args
+from reward.selection import filter_prompts, progress_path, read_prompts, rejection_sample
 from rlkit.label_cmd import UsageError, _check_model, parse_kv
+from rlkit.models import ModelError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -67,10 +73,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reward.base import RewardError
-    from reward.labeling.io import LabelDataError
-    from rlkit.models import ModelError
-
     try:
         return _run(args)
     except (UsageError, LabelDataError, RewardError, ModelError, ValueError, KeyError, OSError) as e:
@@ -93,8 +95,6 @@ def _backend(name: str) -> str:
 
 
 def build_selection_completer(args: argparse.Namespace):
-    from reward.labeling.mc import SYSTEM_PROMPT, build_completer
-
     sp = SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None)
     return build_completer(args.policy, backend=_backend(args.backend), max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
@@ -102,9 +102,6 @@ def build_selection_completer(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from reward.labeling.io import ResumableWriter
-    from reward.selection import filter_prompts, progress_path, read_prompts, rejection_sample
-
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     if args.limit is not None and args.limit < 0:
@@ -120,8 +117,6 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--reward-arg given without --reward")
         items = read_prompts(args.input, need_reference=args.require_correct)
         if args.reward:
-            from reward.registry import available, check_reward_args
-
             if args.reward not in available():
                 raise UsageError(f"--reward: unknown reward {args.reward!r} (registered: {', '.join(available())})")
             rargs = parse_kv(args.reward_arg, "--reward-arg")
@@ -138,8 +133,6 @@ def _run(args: argparse.Namespace) -> int:
             ([args.samples_output] if cmd == "rejection" and args.samples_output else []):
         ResumableWriter(path).close()  # refuses a foreign output file before any model loads
     if cmd == "rejection" and args.reward:
-        from reward.registry import build_reward
-
         reward = build_reward(args.reward, **rargs)
     completer = build_selection_completer(args)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731

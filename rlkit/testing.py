@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 
+from reward.steps import step_end_tokens
+from rlkit import credit
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -150,9 +153,6 @@ def recompute_step_rewards(tok, reward, completion_ids, completion_mask):
     Returns ``credit.pad_steps(scores, ends)``: (step_rewards, step_mask, step_ends), for tests that check a
     trainer's advantages against ``rlkit.credit`` applied to these.
     """
-    from reward.steps import step_end_tokens
-    from rlkit import credit
-
     scores, ends = [], []
     for row, m in zip(completion_ids, completion_mask):
         toks = row[m.bool()].tolist()

@@ -110,7 +110,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 
 def test_prm_zero2_and_zero3(prm_runs, tiny_dirs, data):
     from reward.registry import build_reward
-    from rlkit.trainers.prm import prm_from_causal_lm
+    from rlkit.trainers.prm_trainer import prm_from_causal_lm
 
     sums = {z: json.loads((run / "prm_summary.json").read_text()) for z, run in prm_runs.items()}
     for z, s in sums.items():
@@ -140,7 +140,8 @@ def test_prm_zero2_and_zero3(prm_runs, tiny_dirs, data):
 
 def test_critique_with_orm_stage2_zero2_and_zero3(critique_runs, tiny_dirs, data):
     from reward.registry import build_reward
-    from rlkit.trainers.orm import evaluate_outcome_rm, label_groups, orm_from_causal_lm, read_group_rows
+    from reward.evaluation.ranking import evaluate_outcome_rm
+    from rlkit.trainers.orm_trainer import label_groups, orm_from_causal_lm, read_group_rows
 
     sums = {z: json.loads((run / "critique_summary.json").read_text()) for z, run in critique_runs.items()}
     for z, s in sums.items():

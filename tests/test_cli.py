@@ -12,7 +12,7 @@ import yaml
 from rlkit.config import RecipeError, load_recipe, shipped_recipes
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = REPO / "recipes" / "grpo_prm_quickstart.yaml"
+QUICK = REPO / "rlkit" / "recipes" / "grpo_prm_quickstart.yaml"
 
 
 def rlkit(*args, cwd=None):
@@ -32,7 +32,9 @@ def test_quickstart_recipe_validates_and_overrides():
     ("training.max_stepz=3", "unknown key 'training.max_stepz' for GRPOConfig"),
     ("reward.name=nope", "reward.name: unknown reward 'nope' (registered: arithmetic,"),
     ("reward.args.bogus=1", "unknown argument 'bogus' for reward 'arithmetic'"),
-    ("algorithm.credit=sum", "algorithm.credit: unknown value 'sum' (allowed: process_grpo, min_form, outcome)"),
+    ("algorithm.credit=sum", "algorithm.credit: unknown credit mode 'sum' (allowed: process_grpo, min_form, outcome, "
+                             "or package.module:function)"),
+    ("algorithm.credit=nomod_xyz:fn", "algorithm.credit: credit function 'nomod_xyz:fn' cannot be imported"),
     ("data.train=/nonexistent/train.jsonl", "data.train: data file not found: /nonexistent/train.jsonl"),
     ("model=/nonexistent/model", "model: model folder not found: /nonexistent/model"),
     ("model=embedded:gpt5", "model: unknown embedded model 'gpt5'"),
@@ -105,7 +107,11 @@ def test_recipe_reference_documents_every_key():
                 config.PeftConfig):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in text, f"docs/recipes.md misses {cls.__name__}.{f.name}"
-    for name in config.ALGORITHMS + config.CREDIT_MODES + config.OPTIMIZERS:
+    from rlkit.algorithms import algorithm_names
+    from rlkit.credit import CREDIT_MODES
+    from rlkit.optim.trainer_hook import OPTIMIZER_NAMES
+
+    for name in algorithm_names() + CREDIT_MODES + OPTIMIZER_NAMES:
         assert name in text
 
 

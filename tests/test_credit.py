@@ -174,3 +174,29 @@ def test_pad_steps_and_errors():
                             torch.ones(1, 2), group_size=1)
     with pytest.raises(ValueError, match="groups of 2"):
         credit.outcome(_t([1.0, 0.0, 1.0]), torch.ones(3, 1), group_size=2)
+
+
+def test_credit_by_registered_name_or_import_path_and_one_line_errors(tmp_path, monkeypatch):
+    mod = tmp_path / "my_credit_mod.py"
+    mod.write_text("import torch\n\ndef last_only(step_rewards, step_mask, step_ends, token_mask, group_size, "
+                   "scale=True):\n    return torch.full(token_mask.shape, 7.0) * token_mask\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = credit.resolve_credit("my_credit_mod:last_only")
+    r, m, e = _t([[0.5]]), torch.ones(1, 1, dtype=torch.bool), _t([[0]], torch.long)
+    assert credit.grpo_advantages(r, m, e, torch.ones(1, 2), 1, credit="my_credit_mod:last_only").tolist() == \
+        [[7.0, 7.0]]
+    assert fn(r, m, e, torch.ones(1, 1), 1).item() == 7.0
+
+    @credit.register_credit("test_double_sum")
+    def double_sum(step_rewards, step_mask, step_ends, token_mask, group_size, scale=True):
+        return 2 * credit.process_grpo(step_rewards, step_mask, step_ends, token_mask, group_size, scale)
+
+    try:
+        assert credit.resolve_credit("test_double_sum") is double_sum
+        assert credit.credit_problem("test_double_sum") is None
+    finally:
+        credit.CREDIT_FUNCTIONS.pop("test_double_sum")
+    assert "cannot be imported" in credit.credit_problem("no_such_module_xyz:fn")
+    assert "unknown credit mode 'sumform'" in credit.credit_problem("sumform")
+    with pytest.raises(ValueError, match="built in"):
+        credit.register_credit("outcome")

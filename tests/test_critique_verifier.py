@@ -11,8 +11,16 @@ import torch
 
 from reward.models.judge import LLMJudge
 from reward.registry import build_reward
-from rlkit.trainers.critique import (backbone_state, build_feedback, critique_request, judge_feedback_prompt, load_backbone, max_abs_diff, parse_judge_reasons,
-                                     step_verdicts)
+from rlkit.trainers.critique import (
+    backbone_state,
+    build_feedback,
+    critique_request,
+    judge_feedback_prompt,
+    load_backbone,
+    max_abs_diff,
+    parse_judge_reasons,
+    step_verdicts,
+)
 
 
 def labelled(n, seed):
@@ -117,7 +125,7 @@ def test_two_stage_recipe_prm_end_to_end(tmp_path, tiny_dirs):
     assert summary["stage2_init_max_diff_from_stage1"] == 0.0
     assert summary["stage1_max_change_from_base"] > 1e-4
     # independently: the stage-1 checkpoint differs from the base, the stage-2 PRM built from it equals it
-    from rlkit.trainers.prm import prm_from_causal_lm
+    from rlkit.trainers.prm_trainer import prm_from_causal_lm
 
     s1 = load_backbone(str(run_dir / "stage1" / "final"))
     assert max_abs_diff(s1, load_backbone(tiny_dirs["policy"])) > 1e-4

@@ -10,8 +10,16 @@ import pytest
 
 from reward.base import StepRewardModel, StepScores
 from reward.evaluation.bon import best_of_n, majority_correct, min_on_last
-from reward.evaluation.processbench import (DataError, choose_threshold, evaluate_processbench, item_steps,
-                                            load_processbench, predict, processbench_metrics, summarize)
+from reward.evaluation.processbench import (
+    DataError,
+    choose_threshold,
+    evaluate_processbench,
+    item_steps,
+    load_processbench,
+    predict,
+    processbench_metrics,
+    summarize,
+)
 
 
 def official_f1(items, preds):

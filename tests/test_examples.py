@@ -40,7 +40,8 @@ def test_grpo_examples(name, tmp_path):
         assert info["trainer"] == "CappedStepsGRPOTrainer"
         assert any("prm/capped_share" in h for h in json.loads((runs[0] / "metrics.json").read_text()))
     if name == "custom_credit.py":
-        assert info["trainer"] == "DiscountedCreditTrainer"
+        assert info["trainer"] == "PRMGRPOTrainer"  # no subclass: the recipe names the function
+        assert info["credit"] == "custom_credit:discounted_process_credit"
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ class CharCountReward(StepRewardModel):
 def _trainer(tok, tmp_path, reward, credit_mode="process_grpo", model=None, **cfg):
     from trl import GRPOConfig
 
-    from rlkit.trainers.grpo import PRMGRPOTrainer
+    from rlkit.trainers.grpo_trainer import PRMGRPOTrainer
 
     kw = dict(output_dir=str(tmp_path / "out"), num_generations=4, per_device_train_batch_size=8,
               max_completion_length=16, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to=[],
@@ -97,10 +97,9 @@ def test_kl_loss_types_and_peft(tok, tmp_path, tiny_dirs):
     """TRL's machinery keeps working under our advantages: KL to a reference (beta > 0), another loss type,
     and a LoRA policy through PEFT (only adapter weights change)."""
     from peft import LoraConfig
-
-    from rlkit.trainers.grpo import PRMGRPOTrainer
-
     from transformers import AutoTokenizer
+
+    from rlkit.trainers.grpo_trainer import PRMGRPOTrainer
 
     reward = CharCountReward(" ", splitter=StepSplitter("regex", pattern=r"[.=]"))
     # TRL builds the KL reference model from the policy's path, so this one starts from a saved folder

@@ -7,8 +7,14 @@ import json
 import pytest
 
 from reward.labeling.consensus import consensus, format_report
-from reward.labeling.io import (LabelDataError, ResumableWriter, labels_from_error, read_items, read_jsonl,
-                                read_records)
+from reward.labeling.io import (
+    LabelDataError,
+    ResumableWriter,
+    labels_from_error,
+    read_items,
+    read_jsonl,
+    read_records,
+)
 from reward.labeling.mc import HFCompleter, mc_label_item, run_mc, step_prefixes
 
 RIGHT = "So the answer is \\boxed{72}."

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from rlkit import testing
-from rlkit.optim import (OnDAREAdamW, OnTIESAdamW, RecipeOptimizerMixin, Segment, TensorReference,
-                         build_optimizer)
+from rlkit.optim import (
+    OnDAREAdamW,
+    OnTIESAdamW,
+    RecipeOptimizerMixin,
+    Segment,
+    TensorReference,
+    build_optimizer,
+)
 
 
 def _one_param(values, tau):

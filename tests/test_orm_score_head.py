@@ -16,7 +16,8 @@ from reward.base import RewardError
 from reward.models._hf import ScalarMLPHead
 from reward.registry import build_reward
 from rlkit import testing
-from rlkit.trainers.orm import ListwiseRMConfig, build_orm_dataset, model_scores, orm_from_causal_lm
+from rlkit.trainers.orm_config import ListwiseRMConfig
+from rlkit.trainers.orm_trainer import build_orm_dataset, model_scores, orm_from_causal_lm
 
 GROUPS = [{"problem": "What is 2 + 3?", "correct": [True, False, False],
            "responses": ["2 + 3 = 5\n\nThe answer is \\boxed{5}.", "It is 6.", "7"]},

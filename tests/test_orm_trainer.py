@@ -13,10 +13,12 @@ import torch
 
 from reward.registry import build_reward
 from rlkit import testing
-from rlkit.trainers.orm import (GroupCollator, ListwiseRMConfig, ListwiseRMTrainer, build_orm_dataset,
-                                encode_orm_input, evaluate_outcome_rm, group_listwise_loss, label_groups,
-                                listwise_loss, model_scores, orm_from_causal_lm, outcome_metrics,
-                                pairwise_accuracy, ranking_metrics, read_group_rows)
+from rlkit.trainers.orm_config import ListwiseRMConfig
+from reward.evaluation.ranking import (evaluate_outcome_rm, group_listwise_loss, outcome_metrics,
+                                       pairwise_accuracy)
+from rlkit.trainers.orm_trainer import (GroupCollator, ListwiseRMTrainer, build_orm_dataset, encode_orm_input,
+                                        label_groups, listwise_loss, model_scores, orm_from_causal_lm,
+                                        ranking_metrics, read_group_rows)
 
 
 def nls(x: float) -> float:
@@ -195,7 +197,7 @@ def test_tiny_orm_learns_beats_init_and_loads_as_orm(tmp_path, tiny_dirs, tok):
 @pytest.mark.slow
 def test_train_orm_from_recipe(tmp_path, tiny_dirs):
     from rlkit.config import load_recipe, recipe_from_dict
-    from rlkit.trainers.orm import train_orm
+    from rlkit.trainers.orm_trainer import train_orm
 
     data, held = tmp_path / "groups.jsonl", tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_groups(24, seed=3)))

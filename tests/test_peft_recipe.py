@@ -109,9 +109,10 @@ def test_grpo_recipe_with_peft_trains_adapter_and_reports_on_it(tiny_dirs, tok, 
     from transformers import AutoModelForCausalLM
 
     from rlkit import report
-    from rlkit.launch import new_run_dir, write_run_files
+    from rlkit.distributed import write_run_files
+    from rlkit.launch import new_run_dir
     from rlkit.trainers.common import train_and_report
-    from rlkit.trainers.recipe_grpo import build_grpo_trainer
+    from rlkit.trainers.grpo_runner import build_grpo_trainer
 
     recipe = load_recipe("grpo_prm_quickstart", [f"model={tiny_dirs['policy']}", *TINY, LORA,
                                                  "reward={name: test-space-share}"])
@@ -150,7 +151,7 @@ def test_grpo_recipe_with_peft_trains_adapter_and_reports_on_it(tiny_dirs, tok, 
     # the report's after-training evaluation loads the adapter folder: the same greedy answers as the live model
     index = (run / "report" / "index.md").read_text()
     assert "held-out accuracy before training" in index and "after training" in index
-    from rlkit.trainers.common import load_datasets
+    from rlkit.recipe_glue import load_datasets
 
     _, eval_ds = load_datasets(recipe)
     from_folder = report.evaluate_policy(str(policy), trainer.processing_class, eval_ds, trainer.step_reward,

@@ -26,7 +26,7 @@ class CharCountReward(StepRewardModel):
 
 
 def _args(out, **cfg):
-    from rlkit.trainers.ppo import PRMPPOConfig
+    from rlkit.trainers.ppo_config import PRMPPOConfig
 
     kw = dict(output_dir=str(out), num_generations=2, per_device_train_batch_size=4, max_completion_length=12,
               max_steps=2, learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, bf16=False,
@@ -48,7 +48,8 @@ def test_lora_policy_trains_adapter_and_full_critic_with_kl_to_base(tok, tmp_pat
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rlkit.trainers.ppo import PRMPPOTrainer, build_critic
+    from rlkit.trainers.ppo_critic import build_critic
+    from rlkit.trainers.ppo_trainer import PRMPPOTrainer
 
     trainer = PRMPPOTrainer(model=tiny_dirs["policy"], processing_class=tok,
                             args=_args(tmp_path / "out", kl_coef=0.1),
@@ -107,7 +108,8 @@ def test_lora_policy_in_memory_gets_critic_from_base_weights_and_no_reference_co
     from peft import LoraConfig, get_peft_model
 
     from rlkit import testing
-    from rlkit.trainers.ppo import PRMPPOTrainer, build_critic
+    from rlkit.trainers.ppo_critic import build_critic
+    from rlkit.trainers.ppo_trainer import PRMPPOTrainer
 
     policy = testing.tiny_causal_lm(tok)
     base = {k: v.clone() for k, v in policy.model.state_dict().items()}
@@ -161,7 +163,7 @@ def test_vllm_colocate_generation_on_cpu_follows_the_policy(tok, tmp_path, monke
 
     from rlkit import testing
     from rlkit.config import load_recipe
-    from rlkit.trainers.ppo import build_ppo_trainer
+    from rlkit.trainers.ppo_runner import build_ppo_trainer
 
     # eager vLLM: no torch.compile of the model (a minute on 2 CPU cores); the weight sync under test is the same
     monkeypatch.setattr(trl_vllm, "LLM", functools.partial(trl_vllm.LLM, enforce_eager=True))
@@ -256,7 +258,7 @@ def test_lora_policy_resume_gives_the_same_next_step_losses(tok, tmp_path, tiny_
     after resuming from checkpoint-2 have the losses of the uninterrupted run (1e-5, CPU)."""
     from peft import LoraConfig
 
-    from rlkit.trainers.ppo import PRMPPOTrainer
+    from rlkit.trainers.ppo_trainer import PRMPPOTrainer
 
     def make(out):
         return PRMPPOTrainer(model=tiny_dirs["policy"], processing_class=tok,

@@ -44,7 +44,7 @@ class ConstantReward(StepRewardModel):
 
 
 def _args(tmp_path, **cfg):
-    from rlkit.trainers.ppo import PRMPPOConfig
+    from rlkit.trainers.ppo_config import PRMPPOConfig
 
     kw = dict(output_dir=str(tmp_path / "out"), num_generations=2, per_device_train_batch_size=4,
               max_completion_length=12, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to=[],
@@ -55,7 +55,7 @@ def _args(tmp_path, **cfg):
 
 
 def _trainer(tok, tmp_path, reward=None, model=None, optimizer_cfg=None, **cfg):
-    from rlkit.trainers.ppo import PRMPPOTrainer
+    from rlkit.trainers.ppo_trainer import PRMPPOTrainer
 
     return PRMPPOTrainer(model=model if model is not None else testing.tiny_causal_lm(tok), processing_class=tok,
                          args=_args(tmp_path, **cfg), train_dataset=load_prompts("builtin:arithmetic", n=16),
@@ -128,7 +128,7 @@ def test_value_loss_goes_down_on_a_fixed_reward(tok, tmp_path):
 
 def test_merging_optimizer_acts_on_the_policy_only(tok, tmp_path):
     from rlkit.optim import OnDAREAdamW
-    from rlkit.trainers.ppo import ActorCriticOptimizer
+    from rlkit.optim.actor_critic import ActorCriticOptimizer
 
     trainer = _trainer(tok, tmp_path, optimizer_cfg={"name": "ondare", "p": 0.5, "alpha": 0.0}, max_steps=1)
     trainer.create_optimizer()
@@ -157,7 +157,7 @@ def test_save_model_writes_policy_without_critic_and_critic_folder(tok, tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from rlkit.trainers.ppo import build_critic
+    from rlkit.trainers.ppo_critic import build_critic
 
     trainer = _trainer(tok, tmp_path, max_steps=1)
     trainer.train()
@@ -192,7 +192,7 @@ def test_resume_gives_the_same_next_step_loss(tok, tmp_path, tiny_dirs):
 
 
 def test_cli_runs_ppo_quickstart_end_to_end(tok, tmp_path, tiny_dirs):
-    run = train_ok(REPO / "recipes" / "ppo_prm_quickstart.yaml", tmp_path / "runs", f"model={tiny_dirs['policy']}",
+    run = train_ok(REPO / "rlkit" / "recipes" / "ppo_prm_quickstart.yaml", tmp_path / "runs", f"model={tiny_dirs['policy']}",
                    "training.max_steps=2", "training.max_completion_length=12", "data.num_train=8",
                    "data.num_eval=2", "training.per_device_train_batch_size=4", cwd=REPO)
     assert (run / "policy" / "model.safetensors").is_file() and (run / "policy" / "critic" / "config.json").is_file()

@@ -18,7 +18,8 @@ from reward.base import StepRewardModel
 from reward.steps import StepSplitter
 from rlkit import testing
 from rlkit.data import load_prompts
-from rlkit.trainers.ppo import PRMPPOConfig, PRMPPOTrainer
+from rlkit.trainers.ppo_config import PRMPPOConfig
+from rlkit.trainers.ppo_trainer import PRMPPOTrainer
 
 K = 2  # the completion token that gets the reward
 

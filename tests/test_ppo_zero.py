@@ -20,7 +20,7 @@ from rlkit.testing import train_ok
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "ppo_prm_quickstart.yaml"
+RECIPE = REPO / "rlkit" / "recipes" / "ppo_prm_quickstart.yaml"
 COMMON = ["training.max_completion_length=10", "data.num_train=16", "training.learning_rate=1e-3",
           "training.critic_learning_rate=1e-3", "training.per_device_train_batch_size=4",
           "training.steps_per_generation=1", "training.num_iterations=2", "training.kl_coef=0.05",

@@ -17,8 +17,8 @@ import yaml
 
 from rlkit.config import RecipeError, load_recipe
 from rlkit.data import arithmetic_problems
-from rlkit.trainers.prm_pipeline import as_processbench, bon_groups, run_prm_pipeline, split_problems
 from rlkit.testing import rlkit_train
+from rlkit.trainers.prm_pipeline import as_processbench, bon_groups, run_prm_pipeline, split_problems
 
 REPO = Path(__file__).resolve().parents[1]
 N_PROBLEMS, SAMPLES = 12, 4
@@ -88,7 +88,7 @@ def _overrides(policy: str, epochs: int = 12) -> list[str]:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, tiny_dirs):
     problems, *_ = _expected()
-    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml", _overrides(tiny_dirs["policy"]))
+    recipe = load_recipe(REPO / "rlkit" / "recipes" / "prm_pipeline_embedded.yaml", _overrides(tiny_dirs["policy"]))
     run_dir = tmp_path_factory.mktemp("pipeline")
     summary = run_prm_pipeline(recipe, run_dir, completer=ScriptedCompleter(problems), judge=scripted_judge)
     return run_dir, summary
@@ -142,7 +142,7 @@ def test_prm_stage_trains_on_two_processes_under_zero3(pipeline_run, tmp_path, t
     from reward.registry import build_reward
 
     problems, *_ = _expected()
-    recipe = load_recipe(REPO / "recipes" / "prm_pipeline_embedded.yaml",
+    recipe = load_recipe(REPO / "rlkit" / "recipes" / "prm_pipeline_embedded.yaml",
                          _overrides(tiny_dirs["policy"], epochs=2) + ["distribution=zero3"])
     s = run_prm_pipeline(recipe, tmp_path, completer=ScriptedCompleter(problems), judge=scripted_judge)
     _, ref = pipeline_run
@@ -188,7 +188,7 @@ def test_bad_pipeline_settings_fail_before_anything_loads(override, needle, tmp_
 
 
 def test_a_stage_with_nothing_left_stops_with_one_line(tmp_path, tiny_dirs):
-    from rlkit.trainers.prm_pipeline import PipelineError
+    from rlkit.trainers.prm_pipeline_config import PipelineError
 
     class Silent(ScriptedCompleter):
         def __call__(self, prefixes, n):

@@ -13,8 +13,15 @@ from reward.models.qwen_prm import format_prm_input
 from reward.registry import build_reward
 from reward.steps import Step
 from rlkit import testing
-from rlkit.trainers.prm import (IGNORE, PRMCollator, PRMTrainer, build_prm_dataset, prm_from_causal_lm,
-                                prm_loss, step_accuracy)
+from rlkit.trainers.prm_trainer import (
+    IGNORE,
+    PRMCollator,
+    PRMTrainer,
+    build_prm_dataset,
+    prm_from_causal_lm,
+    prm_loss,
+    step_accuracy,
+)
 
 
 def synthetic_records(n, seed):
@@ -115,7 +122,7 @@ def test_tiny_prm_learns_and_loads_back(tmp_path, tok, tiny_dirs):
 @pytest.mark.slow
 def test_train_prm_from_recipe(tmp_path, tiny_dirs):
     from rlkit.config import load_recipe, recipe_from_dict
-    from rlkit.trainers.prm import train_prm
+    from rlkit.trainers.prm_trainer import train_prm
 
     data = tmp_path / "labels.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records(48, seed=3)))
@@ -140,7 +147,7 @@ def test_train_prm_from_recipe(tmp_path, tiny_dirs):
 def test_recipe_sets_prm_max_length_and_soft_labels(tmp_path, tiny_dirs):
     """``training.max_length`` / ``training.soft_labels`` reach the PRM data; a misspelt key is refused."""
     from rlkit.config import RecipeError, load_recipe, recipe_from_dict
-    from rlkit.trainers.prm import train_prm
+    from rlkit.trainers.prm_trainer import train_prm
 
     recs = synthetic_records(8, seed=5)
     data = tmp_path / "labels.jsonl"

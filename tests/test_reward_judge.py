@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from reward.base import RewardError
-from reward.models.judge import LLMJudge, Verdict, build_judge_prompt, earliest_errors, labels_from_verdict, \
-    parse_verdict
+from reward.models.judge import (
+    LLMJudge,
+    Verdict,
+    build_judge_prompt,
+    earliest_errors,
+    labels_from_verdict,
+    parse_verdict,
+)
 from reward.registry import build_reward
 
 

@@ -10,8 +10,14 @@ import re
 import pytest
 
 from reward.base import StepRewardModel
-from reward.selection import (SelectionError, filter_prompts, pick_best, progress_path, read_prompts,
-                              rejection_sample)
+from reward.selection import (
+    SelectionError,
+    filter_prompts,
+    pick_best,
+    progress_path,
+    read_prompts,
+    rejection_sample,
+)
 from rlkit import select_cmd
 
 

@@ -15,7 +15,7 @@ from reward.base import StepRewardModel
 from reward.steps import StepSplitter, _prefix_char_ends, locate_text, token_char_ends
 from rlkit import testing
 from rlkit.data import load_prompts
-from rlkit.trainers.grpo import PRMGRPOTrainer
+from rlkit.trainers.grpo_trainer import PRMGRPOTrainer
 
 CONTENT = "48 / 2 = 24 in May.\n\n48 + 24 = 72 clips.\n\nThe answer is 72."
 HIDDEN = "<think>good bad 12 + 3 = 15?</think>\n"  # what a response parser would move out of content
@@ -53,17 +53,17 @@ def test_steps_of_a_parsed_response_land_on_their_own_tokens(tok, trainer):
     offset = tok.decode(ids, skip_special_tokens=True).index(CONTENT)
     expected = _by_hand_step_ends(tok, ids, offset, steps)
     expected[-1] = len(ids) - 1
-    assert item["ends"] == expected and expected[0] < expected[1] < expected[2], (item["ends"], expected)
-    assert item["unplaced"] == 0
+    assert item.ends == expected and expected[0] < expected[1] < expected[2], (item.ends, expected)
+    assert item.unplaced == 0
 
 
 def test_steps_that_cannot_be_placed_are_counted_and_warned_once(tok, trainer, caplog):
     ids = tok("something else entirely")["input_ids"]
     reply = [{"role": "assistant", "content": CONTENT}]
-    with caplog.at_level(logging.WARNING, logger="rlkit.trainers.grpo"):
+    with caplog.at_level(logging.WARNING, logger="rlkit.trainers.scoring"):
         for _ in range(2):
             trainer._reward_callable(prompts=["q"], completions=[reply], completion_ids=[ids])
-    assert trainer._pending[0]["unplaced"] == 3
+    assert trainer._pending[0].unplaced == 3
     assert sum("could not be placed" in r.message for r in caplog.records) == 1
     trainer.log_step_metrics(trainer._pending, "train")
     assert trainer._metrics["train"]["prm/unplaced_steps"][-1] == 3.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from reward.base import AGGREGATIONS, aggregate
+from reward.models.verifier import answers_match, extract_answer, is_correct
 
 
 def pick(cands: Sequence[Mapping], how: str) -> int:
@@ -39,8 +40,6 @@ def pick(cands: Sequence[Mapping], how: str) -> int:
 def majority_correct(cands: Sequence[Mapping], same: Callable[[str, str], bool] | None = None) -> bool:
     """Whether the most frequent final answer (equivalence classes under ``same``) is a correct one."""
     if same is None:
-        from reward.models.verifier import answers_match
-
         same = answers_match
     groups: list[list[Mapping]] = []
     for c in cands:
@@ -90,8 +89,6 @@ def score_candidates(model, rows: Sequence[Mapping], batch_size: int = 8) -> lis
     A row is ``{"problem", "reference", "responses": [str, ...]}``; a response may also be
     ``{"text": str, "correct": bool}`` to keep a given correctness instead of the verifier's.
     """
-    from reward.models.verifier import extract_answer, is_correct
-
     flat: list[tuple[int, str, str, Any]] = []
     for i, r in enumerate(rows):
         for resp in r["responses"]:

@@ -27,6 +27,9 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from reward.labeling.io import ResumableWriter
+from reward.models.verifier import is_correct
+from rlkit.models import resolve_model
+from rlkit.vllm_support import fixed_model_llm_kwargs, per_request_seed
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def mc_label_items(items: Sequence[Mapping], completer: Completer, n: int = 8, m
     if n < 1:
         raise ValueError(f"MC needs n >= 1 completions, got {n}")
     if verify is None:
-        from reward.models.verifier import is_correct as verify
+        verify = is_correct
     per_item = [step_prefixes(completer, it["problem"], list(it["steps"]), step_join) for it in items]
     prefixes = [p for ps in per_item for p in ps]
     outs = completer(prefixes, n) if prefixes else []
@@ -198,7 +201,6 @@ class VLLMCompleter:
                  system_prompt: str | None = SYSTEM_PROMPT, seed: int | None = 0, **llm_args: Any) -> None:
         from vllm import LLM  # noqa: F401  (import error tells the caller vLLM is absent)
 
-        from rlkit.vllm_support import fixed_model_llm_kwargs
 
         path = resolve_model_path(model)
         self.llm = LLM(model=path, seed=seed or 0, **fixed_model_llm_kwargs(llm_args))
@@ -212,7 +214,6 @@ class VLLMCompleter:
     def __call__(self, prefixes: list[str], n: int) -> list[list[str]]:
         from vllm import SamplingParams
 
-        from rlkit.vllm_support import per_request_seed
 
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
                             seed=per_request_seed(self.seed))
@@ -223,8 +224,6 @@ class VLLMCompleter:
 def resolve_model_path(name: str) -> str:
     """A local folder for ``name``: ``embedded:...`` through rlkit.models, anything else as given."""
     if name.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
         return resolve_model(name)
     return name
 

@@ -19,6 +19,7 @@ from fractions import Fraction
 from typing import Sequence
 
 from reward.base import StepRewardModel
+from reward.models.verifier import is_correct
 from reward.registry import register
 from reward.steps import Step
 
@@ -66,8 +67,6 @@ class ArithmeticChecker(StepRewardModel):
         self.neutral, self.verify_final = neutral, verify_final
 
     def score_steps(self, prompts, steps: Sequence[Sequence[Step]], references=None) -> list[list[float]]:
-        from reward.models.verifier import is_correct
-
         out = []
         for i, st in enumerate(steps):
             scores = []

@@ -20,9 +20,10 @@ import torch
 
 from reward.base import RewardError, StepRewardModel, StepScores
 from reward.batching import pad_sequences, plan_batches
-from reward.models._hf import load_model, pad_id_of, render_chat
+from reward.models._hf import load_model, load_tokenizer, pad_id_of, render_chat
 from reward.registry import register
 from reward.steps import Step, StepSplitter
+from rlkit.vllm_support import fixed_model_llm_kwargs
 
 BACKENDS = ("hf", "vllm")
 
@@ -254,7 +255,6 @@ class LLMJudge(StepRewardModel):
         self.model = self.tokenizer = self._llm = None
         if generate_fn is not None:
             if tokenizer is not None or isinstance(model, str):
-                from reward.models._hf import load_tokenizer
                 self.tokenizer = load_tokenizer(model, tokenizer, trust_remote_code)
             return
         if model is None:
@@ -267,7 +267,6 @@ class LLMJudge(StepRewardModel):
             except Exception as e:  # ImportError, or vllm failing to import its own dependencies
                 raise RewardError(f"llm-judge backend 'vllm' needs an importable vllm ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); use backend: hf") from None
-            from rlkit.vllm_support import fixed_model_llm_kwargs
 
             kw = fixed_model_llm_kwargs({"model": model, "trust_remote_code": trust_remote_code, **(vllm_args or {})})
             if dtype not in (None, "auto"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-
 from reward.base import RewardError, StepRewardModel, StepScores
 from reward.batching import ForwardBatch, batched_forward, gather_positions
 from reward.models._hf import load_model, pad_id_of, render_chat, single_token_id

@@ -27,9 +27,10 @@ import torch
 from .online_merging import OnDAREAdamW, OnTIESAdamW, TensorReference
 from .zero_mapping import NoBase, SafetensorsReference
 
-__all__ = ["build_optimizer", "check_optimizer_cfg", "RecipeOptimizerMixin", "decay_parameter_names", "OPTIMIZERS"]
+__all__ = ["build_optimizer", "check_optimizer_cfg", "OPTIMIZER_NAMES", "RecipeOptimizerMixin", "decay_parameter_names", "OPTIMIZERS"]
 
 OPTIMIZERS = {"ondare": OnDAREAdamW, "onties": OnTIESAdamW}
+OPTIMIZER_NAMES = ("adamw", *OPTIMIZERS)  # what a recipe's optimizer.name may be
 _KNOWN = {"name", "p", "alpha", "base_model", "rescale", "merge_every", "seed", "alpha_follows_lr",
           "resample_tau", "lr", "weight_decay", "betas", "eps"}
 _NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]

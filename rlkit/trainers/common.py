@@ -1,14 +1,28 @@
-"""Recipe -> the pieces every trainer needs: datasets, the step reward model, shared trainer-config fields."""
+"""What the trainers' runners share after the recipe glue (``rlkit.recipe_glue``): saving the final model
+atomically, run summaries and ``run_info.json``, evaluation on one rank, and the RL runners' train-and-report.
+
+Example:
+    >>> trainer = build_grpo_trainer(recipe, run_dir)     # rlkit.trainers.grpo_runner
+    >>> train_and_report(trainer, recipe, run_dir)        # evaluate, train, save policy/, report/, run_info.json
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-from rlkit.config import Recipe
+import torch
+from transformers import AutoTokenizer
+
+from reward.labeling.io import atomic_write_text
+from rlkit import report
+from rlkit.distributed import is_main_process, single_rank_hf
+from rlkit.models import resolve_model
+from rlkit.recipe import Recipe
+from rlkit.recipe_glue import load_datasets
 
 
 def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type) -> None:
@@ -26,98 +40,13 @@ def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type
         kwargs["args"].remove_unused_columns = False
 
 
-def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
-    """The recipe's ``optimizer:`` block in the one shape ``rlkit.optim.build_optimizer`` takes:
-    ``{"name": "ondare", "p": ..., "alpha": ..., "base_model": ...}`` (the ``args`` mapping flattened, ``embedded:``
-    base models resolved to their folder), or None for plain AdamW without arguments (the Trainer's own AdamW).
-    Every algorithm's runner gets its optimizer from here.
-
-    Example:
-        >>> from rlkit.config import recipe_from_dict
-        >>> optimizer_block(recipe_from_dict({"optimizer": {"name": "ondare", "args": {"p": 0.1, "alpha": 0}}}))
-        {'name': 'ondare', 'p': 0.1, 'alpha': 0}
-    """
-    opt = recipe.optimizer
-    if opt.name == "adamw" and not opt.args:
-        return None
-    block = {"name": opt.name, **opt.args}
-    base = block.get("base_model")
-    if isinstance(base, str) and base.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
-        block["base_model"] = str(resolve_model(base))
-    return block
-
-
-def trainer_args(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
-                 deepspeed_file: str | Path | None = None) -> dict[str, Any]:
-    """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
-    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM).
-
-    ``deepspeed_file``: the DeepSpeed config of a distributed recipe (default ``run_dir/deepspeed.json``,
-    written by rlkit.launch; a sub-run such as the critique verifier's stage 2 passes its parent's file)."""
-    from rlkit.launch import cuda_available
-
-    # always this run's folder: an earlier run in the same process must not capture its logs
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "no", "bf16": False,
-          "gradient_checkpointing": False}
-    kw.update(defaults)
-    kw.update(recipe.training)
-    cuda = cuda_available()
-    kw.update(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not cuda)
-    if not cuda:
-        kw["bf16"] = False
-    if recipe.distribution != "none":
-        kw["deepspeed"] = str(deepspeed_file or run_dir / "deepspeed.json")
-    return kw
-
-
-@contextlib.contextmanager
-def single_rank_hf():
-    """Switch transformers' ZeRO-3 awareness off for models that live on one rank only (reward models,
-    evaluation copies). Otherwise ``from_pretrained`` builds them inside ``deepspeed.zero.Init`` (sharded into
-    (0,)-shaped placeholders no engine gathers) and ``generate`` syncs every decoding step across ranks
-    (``synced_gpus``), collectives the other ranks never join, so the run hangs. transformers keeps the active
-    config in a module-level weak reference; this clears it for the block and restores it after."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
-
-
-def is_main_process() -> bool:
-    """True on global rank 0, or when no process group is running (a plain single-process run)."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def wait_for_everyone() -> None:
-    """Barrier across all ranks when a process group is running; nothing otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def load_backbone_tokenizer(name: str, tokenizer: Any = None) -> tuple[str, Any]:
     """(local path or hub id, tokenizer) for a model to build a classifier or SFT model from.
 
     ``embedded:...`` names resolve through rlkit.models. The tokenizer is ``tokenizer`` when given, else the
     model's own; it gets the eos token as pad token when it has none (batches are padded).
     """
-    from transformers import AutoTokenizer
-
-    path = name
-    if isinstance(name, str) and name.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
-        path = str(resolve_model(name))
+    path = resolve_model(name) if isinstance(name, str) else name
     tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -149,11 +78,6 @@ def save_final(trainer: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 
 def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
     """Write a run summary as JSON atomically (temp file + rename; NaN written as null), on rank 0 only."""
-    import json
-    import math
-
-    from reward.labeling.io import atomic_write_text
-
     def clean(v: Any) -> Any:
         if isinstance(v, float) and math.isnan(v):
             return None
@@ -169,44 +93,9 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
 
 def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
     """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
-    from rlkit import report
-
     with single_rank_hf():
         return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
                                       max_new_tokens=trainer.args.max_completion_length, label=label)
-
-
-def build_step_reward(recipe: Recipe):
-    """The recipe's reward model, as a plain replicated module on this rank's device.
-
-    Loaded outside ZeRO-3's ``zero.Init`` (:func:`single_rank_hf`): the reward model is replicated, not
-    sharded, and no engine manages it. On multi-GPU runs each rank's reward model goes to its own GPU
-    (``cuda:LOCAL_RANK``) unless the recipe sets ``device``.
-    """
-    import inspect
-
-    from reward.registry import build_reward, get_reward_class
-    from rlkit.launch import cuda_available
-
-    args = dict(recipe.reward.args)
-    params = inspect.signature(get_reward_class(recipe.reward.name).__init__).parameters
-    if "device" in params and "device" not in args and cuda_available():
-        args["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    with single_rank_hf():
-        return build_reward(recipe.reward.name, **args)
-
-
-def load_datasets(recipe: Recipe):
-    """(train, eval or None) datasets of chat prompts with an ``answer`` column."""
-    from rlkit.data import load_prompts
-
-    d = recipe.data
-    common = dict(prompt_field=d.prompt_field, answer_field=d.answer_field, system_prompt=d.system_prompt,
-                  seed=d.seed)
-    train = load_prompts(d.train, d.train_split, d.num_train, **common)
-    eval_src = d.eval or (d.train if d.train.startswith("builtin:") else None)
-    evald = load_prompts(eval_src, d.eval_split, d.num_eval, **common) if eval_src and d.num_eval else None
-    return train, evald
 
 
 def run_info(trainer) -> dict:
@@ -215,7 +104,10 @@ def run_info(trainer) -> dict:
     while hasattr(opt, "optimizer") and opt.optimizer is not opt:
         opt = opt.optimizer
     policy_opt = getattr(opt, "actor", opt)  # PPO's ActorCriticOptimizer: the policy's own optimizer
-    return {"optimizer": type(opt).__name__, "policy_optimizer": type(policy_opt).__name__,
+    credit = getattr(trainer, "credit", None)
+    if callable(credit):
+        credit = f"{credit.__module__}:{credit.__qualname__}"
+    return {"optimizer": type(opt).__name__, "credit": credit, "policy_optimizer": type(policy_opt).__name__,
             "optimizer_steps": optimizer_steps(policy_opt), "world_size": trainer.accelerator.num_processes,
             "deepspeed": trainer.is_deepspeed_enabled, "trainer": type(trainer).__name__,
             "use_vllm": bool(getattr(trainer.args, "use_vllm", False)), "global_step": trainer.state.global_step}
@@ -223,8 +115,6 @@ def run_info(trainer) -> dict:
 
 def optimizer_steps(opt) -> int | None:
     """How many steps ``opt`` has taken, read from its state (AdamW-style ``step`` entries), None if unknown."""
-    import torch
-
     steps = [v["step"] for v in opt.state.values() if isinstance(v, dict) and "step" in v]
     if not steps:
         return None if not hasattr(opt, "state") else 0
@@ -234,11 +124,7 @@ def optimizer_steps(opt) -> int | None:
 
 def write_run_info(trainer, run_dir: Path) -> None:
     """``run_dir/run_info.json`` (rank 0): what really ran, see :func:`run_info`."""
-    import json
-
     if trainer.is_world_process_zero():
-        from reward.labeling.io import atomic_write_text
-
         atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(run_info(trainer), indent=1))
 
 
@@ -246,11 +132,6 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     """The RL run every recipe runner shares: held-out evaluation before, train (resuming from
     ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
     ``metrics.json`` and ``run_info.json`` (main process only)."""
-    import json
-
-    from rlkit import report
-    from rlkit.models import resolve_model
-
     _, eval_ds = load_datasets(recipe)
     is_main = trainer.accelerator.is_main_process
     before = None

@@ -32,14 +32,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from transformers import TrainingArguments
 
-FEEDBACK_SOURCES = ("template", "file", "judge")
+from reward.labeling.io import atomic_write_jsonl, atomic_write_text, read_records
+from reward.models.verifier import is_correct
+from reward.registry import build_reward
+from rlkit.distributed import cuda_available, is_main_process, single_rank_hf, wait_for_everyone
+from rlkit.models import resolve_model
+from rlkit.trainers.common import load_backbone_tokenizer, save_final, write_summary
+from rlkit.trainers.critique_config import CRITIQUE_OWN_FIELDS, FEEDBACK_SOURCES, CritiqueVerifierConfig
+from rlkit.trainers.orm_trainer import orm_from_causal_lm, train_orm
+from rlkit.trainers.prm_trainer import prm_from_causal_lm, train_prm
+
 STAGE2_KINDS = ("prm", "orm")
 
 
@@ -78,8 +86,6 @@ def final_answer_correct(record: Mapping, verdicts: Sequence[bool]) -> bool:
     if isinstance(v, bool):
         return v
     if record.get("reference") is not None:
-        from reward.models.verifier import is_correct
-
         return is_correct("\n\n".join(record["steps"]), str(record["reference"]))
     return len(verdicts) == len(record["steps"]) and all(verdicts)
 
@@ -199,13 +205,8 @@ def build_feedback(records: Sequence[Mapping], source: str = "template", judge: 
 
 def _build_judge(cfg: Mapping[str, Any]) -> Any:
     """The ``llm-judge`` reward named by ``training.judge_model``, built outside any ZeRO-3 context."""
-    from reward.registry import build_reward
-    from rlkit.trainers.common import single_rank_hf
-
     jm = cfg["judge_model"]
     if jm.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
         jm = resolve_model(jm)
     with single_rank_hf():
         return build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
@@ -223,8 +224,6 @@ def _judge_feedback_once(records: Sequence[Mapping], cfg: Mapping[str, Any], jud
     """
     import torch.distributed as dist
 
-    from reward.labeling.io import atomic_write_text
-    from rlkit.trainers.common import is_main_process, wait_for_everyone
 
     def feedback() -> tuple[list[dict], dict[str, int]]:
         return build_feedback(records, "judge", judge if judge is not None else _build_judge(cfg))
@@ -270,7 +269,6 @@ def sft_stage(model_path: str, examples: Sequence[Mapping], out_dir: str | Path,
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from rlkit.trainers.common import load_backbone_tokenizer, save_final, single_rank_hf
 
     path, tok = load_backbone_tokenizer(model_path, tokenizer)
     with single_rank_hf():  # whole on every rank; under ZeRO-3 the DeepSpeed engine partitions it
@@ -319,48 +317,14 @@ def load_backbone(path: str) -> dict[str, torch.Tensor]:
     """:func:`backbone_state` of a causal LM folder / name, loaded whole by this rank (not ZeRO-3 sharded)."""
     from transformers import AutoModelForCausalLM
 
-    from rlkit.trainers.common import single_rank_hf
 
     if path.startswith("embedded:"):
-        from rlkit.models import resolve_model
-
         path = str(resolve_model(path))
     with single_rank_hf():
         return backbone_state(AutoModelForCausalLM.from_pretrained(path))
 
 
-# ----------------------------------------------------------------------------------------------- recipe entry
-@dataclass
-class CritiqueVerifierConfig(TrainingArguments):
-    """The ``training:`` block of ``algorithm.name: critique``: stage 2's ``TrainingArguments`` fields plus
-    the two-stage settings below (``sft_*`` configure stage 1's ``SFTConfig``)."""
-
-    stage2: str = field(default="prm", metadata={"help": "prm | orm: what stage 2 trains the stage-1 model as"})
-    feedback: str = field(default="template", metadata={"help": "template | file | judge"})
-    feedback_file: str | None = field(default=None, metadata={"help": "records with critiques (feedback: file); "
-                                                                      "default data.train"})
-    judge_model: str | None = field(default=None, metadata={"help": "llm-judge model (feedback: judge)"})
-    judge_backend: str = field(default="hf", metadata={"help": "hf | vllm for the llm-judge"})
-    judge_max_new_tokens: int = field(default=512)
-    stage2_data: str | None = field(default=None, metadata={"help": "stage-2 data (default data.train); for "
-                                                                     "stage2: orm, grouped responses"})
-    sft_num_train_epochs: float = field(default=1.0)
-    sft_max_steps: int = field(default=-1)
-    sft_learning_rate: float = field(default=1e-5)
-    sft_per_device_train_batch_size: int = field(default=4)
-    sft_gradient_accumulation_steps: int = field(default=1)
-    sft_max_length: int = field(default=1024)
-    stage2_max_length: int = field(default=2048)
-    stage2_score_head: str = field(default="auto", metadata={"help": "stage2: orm: auto | mlp2 | linear"})
-
-
-_OWN_FIELDS = {f.name for f in dataclasses.fields(CritiqueVerifierConfig)} - \
-    {f.name for f in dataclasses.fields(TrainingArguments)}
-
-
 def _sft_kwargs(recipe: Any, run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    from rlkit.launch import cuda_available
-
     kw = {"num_train_epochs": cfg["sft_num_train_epochs"], "max_steps": cfg["sft_max_steps"],
           "learning_rate": cfg["sft_learning_rate"],
           "per_device_train_batch_size": cfg["sft_per_device_train_batch_size"],
@@ -392,14 +356,12 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
     """
     from transformers import set_seed
 
-    from reward.labeling.io import read_records
-    from rlkit.trainers.common import is_main_process, single_rank_hf, wait_for_everyone, write_summary
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
-    defaults = {f.name: f.default for f in dataclasses.fields(CritiqueVerifierConfig) if f.name in _OWN_FIELDS}
-    cfg = {**defaults, **{k: v for k, v in recipe.training.items() if k in _OWN_FIELDS}}
+    defaults = {f.name: f.default for f in dataclasses.fields(CritiqueVerifierConfig) if f.name in CRITIQUE_OWN_FIELDS}
+    cfg = {**defaults, **{k: v for k, v in recipe.training.items() if k in CRITIQUE_OWN_FIELDS}}
     if cfg["stage2"] not in STAGE2_KINDS:
         raise CritiqueDataError(f"training.stage2: unknown value {cfg['stage2']!r} (allowed: prm, orm)")
     if cfg["stage2_score_head"] not in ("auto", "mlp2", "linear"):
@@ -424,7 +386,6 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
         print(f"[critique] stage 1 feedback ({cfg['feedback']}): {json.dumps(fstats)}")
     if not examples:
         raise CritiqueDataError(f"{src}: no record gave a critique example")
-    from reward.labeling.io import atomic_write_jsonl
 
     if is_main_process():
         atomic_write_jsonl(run_dir / "stage1" / "critiques.jsonl", examples)
@@ -442,8 +403,6 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
     ds_file = run_dir / "deepspeed.json" if recipe.distribution != "none" else None
     init_diff = None
     if cfg["stage2"] == "prm":
-        from rlkit.trainers.prm import prm_from_causal_lm, train_prm
-
         s2_recipe = dataclasses.replace(recipe, model=stage1["model_dir"], data=s2_data, training=s2_training,
                                         algorithm=dataclasses.replace(recipe.algorithm, name="prm"))
         if main:
@@ -454,8 +413,6 @@ def train_critique_verifier(recipe: Any, run_dir: str | Path, judge: Any = None)
         stage2 = train_prm(s2_recipe, run_dir / "stage2", max_length=cfg["stage2_max_length"],
                            deepspeed_file=ds_file)
     else:
-        from rlkit.trainers.orm import orm_from_causal_lm, train_orm
-
         s2_training["max_length"] = cfg["stage2_max_length"]
         s2_recipe = dataclasses.replace(recipe, model=stage1["model_dir"], data=s2_data, training=s2_training,
                                         algorithm=dataclasses.replace(recipe.algorithm, name="orm"))

@@ -1,6 +1,6 @@
 """The PRM research loop as one recipe: sample -> MC labels + judge labels -> consensus -> train a PRM -> evaluate.
 
-``algorithm.name: prm_pipeline`` (recipes/prm_pipeline_embedded.yaml). Every stage is a library call that also
+``algorithm.name: prm_pipeline`` (rlkit/recipes/prm_pipeline_embedded.yaml). Every stage is a library call that also
 exists on its own (``rlkit label``, ``rlkit train`` with ``algorithm.name: prm``, ``rlkit eval``); this module
 only wires them together, splits the problems into training and held-out ones, and prints every count.
 
@@ -37,63 +37,26 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from transformers import TrainingArguments
 
-LABEL_MODES = ("hard", "soft")
-STEP_SPLITS = ("newline", "double_newline")
-
-
-class PipelineError(RuntimeError):
-    """A pipeline setting is invalid or a stage left nothing to continue with (no responses, no labelled step);
-    the one-line message reaches the user as ``rlkit: error: ...`` (exit 1, the run folder marked FAILED)."""
-
-
-@dataclass
-class PRMPipelineConfig(TrainingArguments):
-    """The ``training:`` block of ``algorithm.name: prm_pipeline``: the PRM's ``TrainingArguments`` plus the
-    sampling, labelling and evaluation settings below."""
-
-    samples_per_problem: int = field(default=4, metadata={"help": "responses sampled per problem"})
-    mc_rollouts: int = field(default=4, metadata={"help": "MC completions from each step prefix"})
-    label_mode: str = field(default="hard", metadata={"help": "hard (any completion right) | soft (fraction)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "tokens per sampled response and MC completion"})
-    sample_temperature: float = field(default=0.8)
-    sample_batch_size: int = field(default=8, metadata={"help": "prompts per generate call; also responses "
-                                                                    "per MC completer call and judge call"})
-    step_split: str = field(default="newline", metadata={"help": "newline | double_newline"})
-    max_response_steps: int = field(default=8, metadata={"help": "text after this many steps joins the last "
-                                                                   "step (guards against one-token lines)"})
-    judge_model: str | None = field(default=None, metadata={"help": "llm-judge model (default: the policy)"})
-    judge_max_new_tokens: int = field(default=192)
-    min_kept: int = field(default=16, metadata={"help": "fewer consensus-kept training responses -> MC labels"})
-    heldout_fraction: float = field(default=0.25, metadata={"help": "share of problems held out for evaluation"})
-    prm_max_length: int = field(default=1024)
-
-
-_OWN_FIELDS = {f.name for f in dataclasses.fields(PRMPipelineConfig)} - \
-    {f.name for f in dataclasses.fields(TrainingArguments)}
-
-
-def pipeline_settings(training: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline's own settings (defaults filled in), checked; raises PipelineError on a bad value."""
-    cfg = {f.name: f.default for f in dataclasses.fields(PRMPipelineConfig) if f.name in _OWN_FIELDS}
-    cfg.update({k: v for k, v in training.items() if k in _OWN_FIELDS})
-    if cfg["label_mode"] not in LABEL_MODES:
-        raise PipelineError(f"training.label_mode: unknown value {cfg['label_mode']!r} (allowed: hard, soft)")
-    if cfg["step_split"] not in STEP_SPLITS:
-        raise PipelineError(f"training.step_split: unknown value {cfg['step_split']!r} "
-                            f"(allowed: {', '.join(STEP_SPLITS)})")
-    for k in ("samples_per_problem", "mc_rollouts", "max_new_tokens", "sample_batch_size",
-              "max_response_steps", "prm_max_length"):
-        if int(cfg[k]) < 1:
-            raise PipelineError(f"training.{k}: must be >= 1, got {cfg[k]}")
-    if not 0.0 < float(cfg["heldout_fraction"]) < 1.0:
-        raise PipelineError(f"training.heldout_fraction: must be in (0, 1), got {cfg['heldout_fraction']}")
-    return cfg
+from reward.evaluation.bon import best_of_n, score_candidates
+from reward.evaluation.processbench import evaluate_processbench
+from reward.evaluation.report import write_bon_report, write_processbench_report
+from reward.labeling.consensus import consensus, format_report
+from reward.labeling.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from reward.labeling.judge import run_judge
+from reward.labeling.mc import STEP_JOIN, build_completer, run_mc
+from reward.models.judge import LLMJudge
+from reward.registry import build_reward
+from reward.steps import SEPARATORS, StepSplitter
+from rlkit.data import DEFAULT_SYSTEM_PROMPT, load_prompts
+from rlkit.distributed import launch_workers, write_run_files
+from rlkit.models import resolve_model
+from rlkit.trainers.prm_pipeline_config import PipelineError, pipeline_settings
+from rlkit.trainers.prm_trainer import prm_from_causal_lm, train_prm
 
 
 def split_problems(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -157,11 +120,6 @@ def evaluate_prm(model: Any, step_split: str, max_steps: int, train_pb: Sequence
                  title: str, tokenizer: Any = None) -> dict[str, Any]:
     """Earliest-error identification and Best-of-N of a PRM (a folder, or a built model with ``tokenizer``) on
     the held-out data, with the threshold tuned on ``train_pb``; writes the two reports under ``out_dir``."""
-    from reward.evaluation.bon import best_of_n, score_candidates
-    from reward.evaluation.processbench import evaluate_processbench
-    from reward.evaluation.report import write_bon_report, write_processbench_report
-    from reward.registry import build_reward
-
     prm = build_reward("qwen-prm", model=model, tokenizer=tokenizer,
                        splitter={"mode": step_split, "max_steps": max_steps})
     result: dict[str, Any] = {}
@@ -185,13 +143,6 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     """
     from transformers import set_seed
 
-    from reward.labeling.consensus import consensus, format_report
-    from reward.labeling.io import atomic_write_jsonl, atomic_write_text, read_jsonl
-    from reward.labeling.judge import run_judge
-    from reward.labeling.mc import STEP_JOIN, build_completer, run_mc
-    from reward.steps import SEPARATORS, StepSplitter
-    from rlkit.data import DEFAULT_SYSTEM_PROMPT, load_prompts
-    from rlkit.models import resolve_model
 
     t_start = time.time()
     run_dir = Path(run_dir)
@@ -239,8 +190,6 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
 
     # ---- judge labels
     if judge is None:
-        from reward.models.judge import LLMJudge
-
         if cfg["judge_model"]:
             jpath = resolve_model(cfg["judge_model"]) if cfg["judge_model"].startswith("embedded:") \
                 else cfg["judge_model"]
@@ -278,7 +227,6 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
         atomic_write_jsonl(data_dir / "prm_heldout.jsonl", held_recs)
 
     # ---- PRM training
-    from rlkit.trainers.prm import train_prm
 
     train_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     data_abs = data_dir.resolve()
@@ -329,8 +277,6 @@ def _train_prm_distributed(prm_recipe: Any, prm_dir: Path) -> dict[str, Any]:
     """Stage 5 under ``distribution: zero2|zero3``: ``prm_dir`` becomes a run folder of its own (recipe +
     DeepSpeed config) whose ``num_processes`` workers ``accelerate launch`` starts; rank 0's
     ``prm_summary.json`` is the result. Sampling and labelling stay in this process."""
-    from rlkit.launch import launch_workers, write_run_files
-
     prm_dir.mkdir(parents=True, exist_ok=True)
     write_run_files(prm_recipe, prm_dir)
     _say(f"[5/6] training the PRM on {prm_recipe.num_processes} processes ({prm_recipe.distribution})")
@@ -345,7 +291,6 @@ def _init_prm(model_path: str, seed: int) -> tuple[Any, Any]:
     """The untrained baseline, in memory: the same backbone with a fresh 2-way head (seeded as training was)."""
     import torch
 
-    from rlkit.trainers.prm import prm_from_causal_lm
 
     torch.manual_seed(seed)
     return prm_from_causal_lm(model_path)

@@ -46,168 +46,51 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import (shuffle_sequence_dict, split_pixel_values_by_grid, split_tensor_dict,
-                               unsplit_pixel_values_by_grid)
+from accelerate.utils import gather_object
+from safetensors.torch import load_file
+from trl import GRPOTrainer
+from trl.trainer.utils import (
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+    use_adapter,
+)
 
 from rlkit import credit as credit_lib
-from rlkit.trainers.grpo import PRMGRPOTrainer
+from rlkit.optim.actor_critic import ActorCriticOptimizer
+from rlkit.optim.trainer_hook import RecipeOptimizerMixin
+from rlkit.trainers.ppo_config import PRMPPOConfig
+from rlkit.trainers.ppo_critic import (
+    CRITIC_ATTR,
+    CRITIC_DIR,
+    build_critic,
+    critic_detached,
+    critic_holder,
+    has_path,
+    policy_path,
+)
+from rlkit.trainers.scoring import StepScoringMixin, pad_scored, verified_tensor
 
 logger = logging.getLogger(__name__)
 
-CRITIC_ATTR = "rlkit_critic"
-CRITIC_DIR = "critic"
 
-
-@dataclass
-class PRMPPOConfig(GRPOConfig):
-    """TRL's GRPOConfig plus the PPO fields. Fields of GRPOConfig keep their meaning; PPO-relevant ones:
-    ``epsilon``/``epsilon_high`` (policy clip range), ``num_iterations`` (PPO epochs over a rollout),
-    ``steps_per_generation`` (mini-batches per rollout), ``temperature``, ``max_completion_length``,
-    ``loss_type`` (how the clipped policy loss is averaged over tokens). ``beta`` mirrors ``kl_coef``
-    (TRL builds its reference model when it is > 0); PPO never adds a KL term to the loss.
-    """
-
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
-    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE (0: one-step TD, 1: Monte Carlo)."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
-    cliprange_value: float = field(
-        default=0.2, metadata={"help": "Clip range of the value prediction around the rollout's old value."})
-    kl_coef: float = field(
-        default=0.05, metadata={"help": "Per-token KL penalty in the reward: r_t -= kl_coef * (logp - ref_logp). "
-                                        "0 = no reference model."})
-    whiten_advantages: bool = field(
-        default=True, metadata={"help": "Whiten GAE advantages over the whole batch (all ranks)."})
-    critic_model: str | None = field(
-        default=None, metadata={"help": "HF folder/hub id of the critic (loaded as a 1-label token classifier; "
-                                        "must share the policy's tokenizer). None = initialise from the policy."})
-    critic_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the critic (None = learning_rate)."})
-    bootstrap_truncated: bool = field(
-        default=False, metadata={"help": "Bootstrap GAE with the critic's value after the last token of a "
-                                         "response cut off by max_completion_length (default: treat as terminal)."})
-    num_generations: int | None = field(
-        default=2, metadata={"help": "Completions per prompt (TRL needs >= 2; PPO itself does not use groups)."})
-
-    def __post_init__(self):
-        if self.beta not in (0.0, self.kl_coef):
-            raise ValueError(f"PRMPPOConfig: beta={self.beta} is TRL's KL-in-the-loss coefficient, which PPO does "
-                             f"not use; set kl_coef (the KL penalty in the reward) instead")
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"PRMPPOConfig: {name} must be in [0, 1], got {getattr(self, name)}")
-        if self.kl_coef < 0 or self.vf_coef < 0 or self.cliprange_value <= 0:
-            raise ValueError("PRMPPOConfig: kl_coef and vf_coef must be >= 0 and cliprange_value > 0")
-        self.beta = self.kl_coef
-        super().__post_init__()
-
-
-# ----------------------------------------------------------------------------------------------- critic
-
-def build_critic(source: Any, seed: int = 0, dtype: torch.dtype | None = None):
-    """A value model: ``AutoModelForTokenClassification`` with one output per token, no dropout.
-
-    ``source``: an HF folder / hub id (the backbone is loaded from it, the 1-output head is new unless the folder
-    is a saved critic), or an in-memory causal LM whose backbone weights are copied.
-    """
-    from transformers import AutoConfig, AutoModelForTokenClassification
-
-    torch.manual_seed(seed)  # the new head's initialisation
-    if isinstance(source, (str, Path)):
-        cfg = AutoConfig.from_pretrained(str(source), num_labels=1)
-        cfg.classifier_dropout = 0.0
-        kw = {"dtype": dtype} if dtype is not None else {}
-        critic = AutoModelForTokenClassification.from_pretrained(str(source), config=cfg, **kw)
-    else:
-        policy = source.get_base_model() if hasattr(source, "get_base_model") else source
-        cfg = copy.deepcopy(policy.config)
-        cfg.num_labels = 1
-        cfg.classifier_dropout = 0.0
-        critic = AutoModelForTokenClassification.from_config(cfg)
-        critic.base_model.load_state_dict(_plain_backbone_state(policy.base_model, critic.base_model))
-        critic.to(dtype=next(policy.parameters()).dtype, device=next(policy.parameters()).device)
-    from trl.trainer.utils import disable_dropout_in_model
-
-    disable_dropout_in_model(critic)
-    return critic
-
-
-def _plain_backbone_state(backbone, target) -> dict[str, torch.Tensor]:
-    """``backbone``'s weights under ``target``'s (plain) parameter names. A PEFT-wrapped backbone gives its base
-    weights (``q_proj.base_layer.weight`` -> ``q_proj.weight``; ``modules_to_save``: the original module); adapter
-    weights are left out, so the critic of a LoRA policy starts from the base model."""
-    wanted = set(target.state_dict())
-    out = {}
-    for k, v in backbone.state_dict().items():
-        plain = k.replace(".base_layer.", ".").replace(".original_module.", ".")
-        if plain in wanted and (plain == k or plain not in out):
-            out[plain] = v
-    return out
-
-
-class ActorCriticOptimizer(torch.optim.Optimizer):
-    """One optimizer object over two: the policy's (e.g. OnDARE/OnTIES) and the critic's AdamW.
-
-    Its ``param_groups`` are the two optimizers' group dicts (the same objects, critic groups marked
-    ``rlkit_role: critic``), and ``state`` is shared, so LR schedulers, DeepSpeed (which swaps groups' params for
-    flat partitions and steps one group at a time) and ``state_dict``/``load_state_dict`` all see one optimizer;
-    ``step`` hands each group to the optimizer it belongs to.
-    """
-
-    def __init__(self, actor: torch.optim.Optimizer, critic: torch.optim.Optimizer):
-        for g in critic.param_groups:
-            g["rlkit_role"] = "critic"
-        self.actor, self.critic = actor, critic
-        # torch.optim.Optimizer.__init__ adds the group dicts as they are (same objects)
-        super().__init__(list(actor.param_groups) + list(critic.param_groups), dict(actor.defaults))
-
-    def add_param_group(self, param_group: dict) -> None:
-        # groups come complete from the inner optimizers: keep the dict object (no defaults filled in)
-        if not hasattr(self, "param_groups"):
-            self.param_groups = []
-        if isinstance(param_group["params"], torch.Tensor):
-            param_group["params"] = [param_group["params"]]
-        self.param_groups.append(param_group)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for opt, want_critic in ((self.actor, False), (self.critic, True)):
-            groups = [g for g in self.param_groups if (g.get("rlkit_role") == "critic") == want_critic]
-            if not groups:
-                continue
-            saved = opt.param_groups
-            opt.param_groups, opt.state = groups, self.state
-            try:
-                opt.step()
-            finally:
-                opt.param_groups = saved
-        return loss
-
-
-# ----------------------------------------------------------------------------------------------- trainer
-
-class PRMPPOTrainer(PRMGRPOTrainer):
+class PRMPPOTrainer(StepScoringMixin, RecipeOptimizerMixin, GRPOTrainer):
     """PPO with a critic and dense PRM step rewards (see the module docstring).
 
     Args:
         args: a :class:`PRMPPOConfig`.
         critic: an already built value model (``build_critic``); default from ``args.critic_model`` or the policy.
         step_reward, aggregation, outcome_reward, outcome_weight, steps_growth_warning, optimizer_cfg: as in
-            :class:`PRMGRPOTrainer` (``outcome_reward`` adds the verifier's check to the last step's reward;
-            ``aggregation`` only feeds logging / the PRM verdict). Everything else goes to ``trl.GRPOTrainer``.
+            :class:`rlkit.trainers.scoring.StepScoringMixin` (``outcome_reward`` adds the outcome term on the last
+            token; ``aggregation`` feeds it, logging and the PRM verdict). Everything else goes to
+            ``trl.GRPOTrainer``.
 
     Hooks a subclass may override: :meth:`score_completions`, :meth:`token_rewards` (step scores -> (B, T) token
     rewards before the KL penalty), :meth:`log_step_metrics`.
@@ -216,12 +99,12 @@ class PRMPPOTrainer(PRMGRPOTrainer):
     def __init__(self, *, model: Any, args: PRMPPOConfig, critic: Any = None, **kwargs: Any) -> None:
         if not isinstance(args, PRMPPOConfig):
             raise TypeError(f"PRMPPOTrainer needs a PRMPPOConfig, got {type(args).__name__}")
-        kwargs.pop("credit", None)
-        kwargs.pop("scale_rewards", None)
+        for grpo_only in ("credit", "scale_rewards"):  # GRPO's credit settings: PPO's credit is GAE
+            kwargs.pop(grpo_only, None)
         # TRL builds the reference model from the policy's path; an in-memory policy without one gets a copy here
         # (a PEFT policy needs none: its reference is the policy with the adapter disabled, as in TRL)
         peft = kwargs.get("peft_config") is not None or hasattr(model, "peft_config")
-        own_ref = args.kl_coef > 0 and not peft and not isinstance(model, str) and not _has_path(model)
+        own_ref = args.kl_coef > 0 and not peft and not isinstance(model, str) and not has_path(model)
         if own_ref:
             args.beta = 0.0
         super().__init__(model=model, args=args, **kwargs)
@@ -236,7 +119,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if critic is None:
-            src = args.critic_model or (_policy_path(self.model) or self.model)
+            src = args.critic_model or (policy_path(self.model) or self.model)
             critic = build_critic(src, seed=args.seed, dtype=self.model.dtype)
         if not self.is_deepspeed_enabled:
             critic.to(self.accelerator.device)
@@ -254,7 +137,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         sync = gen.sync_weights
 
         def sync_policy_only() -> None:
-            with _critic_detached(gen.model):
+            with critic_detached(gen.model):
                 sync()
 
         gen.sync_weights = sync_policy_only
@@ -266,7 +149,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         return self._critic_of(self.model)
 
     def _critic_of(self, model):
-        return _critic_holder(self.accelerator.unwrap_model(model))._modules[CRITIC_ATTR]
+        return critic_holder(self.accelerator.unwrap_model(model))._modules[CRITIC_ATTR]
 
     def state_values(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      n_completion: int) -> torch.Tensor:
@@ -281,8 +164,6 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         if self.ref_model is not None:
             return self._get_per_token_logps_and_entropies(self.ref_model, input_ids, attention_mask, n_keep,
                                                            batch_size=batch_size)[0]
-        from trl.trainer.utils import use_adapter
-
         unwrapped = self.accelerator.unwrap_model(self.model)  # PEFT: the base model is the reference
         with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
             return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask, n_keep,
@@ -296,7 +177,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
             step_rewards, step_mask, step_ends, token_mask,
             verified=verified if self.outcome_reward != "none" else None, shaping=self.outcome_reward,
             weight=self.outcome_weight, aggregation=self.aggregation,
-            probabilistic=getattr(self.step_reward, "probabilistic", True))
+            probabilistic=self.probabilistic_scores)
 
     def _global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = mask.float()
@@ -308,12 +189,9 @@ class PRMPPOTrainer(PRMGRPOTrainer):
 
     # ------------------------------------------------------------------ rollout
     def _generate_and_score_completions(self, inputs):
-        out = GRPOTrainer._generate_and_score_completions(self, inputs)  # TRL's rollout; its advantages unused
-        from accelerate.utils import gather_object
-
+        out = super()._generate_and_score_completions(inputs)  # TRL's rollout; its advantages unused
         mode = "train" if self.model.training else "eval"
-        local = self._pending or []
-        self._pending = None
+        local = self.take_scored()
         prompt_ids, prompt_mask = out["prompt_ids"], out["prompt_mask"]
         completion_ids, cmask = out["completion_ids"], out["completion_mask"]
         B, T = completion_ids.shape
@@ -330,12 +208,9 @@ class PRMPPOTrainer(PRMGRPOTrainer):
                                     for i in range(0, B, bs)], dim=0)
         device = completion_ids.device
         m = cmask.float()
-        rewards, smask, ends = credit_lib.pad_steps([it["scores"] for it in local], [it["ends"] for it in local])
+        rewards, smask, ends = pad_scored(local)
         ends = ends.clamp(max=T - 1)
-        verified = None
-        if local and all(it["verified"] is not None for it in local):
-            verified = torch.tensor([it["verified"] for it in local], dtype=torch.float32)
-        score_r = self.token_rewards(rewards, smask, ends, m.cpu(), verified).to(device)
+        score_r = self.token_rewards(rewards, smask, ends, m.cpu(), verified_tensor(local)).to(device)
         kl = torch.zeros_like(m) if ref_logps is None else (old_logps - ref_logps).float() * m
         token_r = score_r - self.kl_coef * kl
         values = values_all[:, :T] * m
@@ -425,7 +300,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
         if self.optimizer is not None:
             return self.optimizer
         policy = self.model if model is None else model
-        with _critic_detached(policy) as critic:
+        with critic_detached(policy) as critic:
             actor_opt = super().create_optimizer(model)  # the recipe's optimizer (or AdamW) over the policy alone
         a = self.args
         lr = a.critic_learning_rate if a.critic_learning_rate is not None else a.learning_rate
@@ -460,7 +335,7 @@ class PRMPPOTrainer(PRMGRPOTrainer):
                 policy_sd[k] = v
             else:
                 critic_sd[k[len(pre):]] = v
-        with _critic_detached(self.accelerator.unwrap_model(self.model)) as critic:
+        with critic_detached(self.accelerator.unwrap_model(self.model)) as critic:
             super()._save(output_dir, state_dict=policy_sd if (given or critic_sd) else None)
         if critic_sd or not given:
             critic.save_pretrained(os.path.join(output_dir, CRITIC_DIR), state_dict=critic_sd or None)
@@ -468,82 +343,12 @@ class PRMPPOTrainer(PRMGRPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Without DeepSpeed: the policy from the checkpoint folder, the critic from its ``critic/`` subfolder
         (under DeepSpeed the engine checkpoint restores both)."""
-        with _critic_detached(model if model is not None else self.model) as critic:
+        with critic_detached(model if model is not None else self.model) as critic:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, CRITIC_DIR, "model.safetensors")
         if os.path.isfile(path):
-            from safetensors.torch import load_file
-
             critic.load_state_dict(load_file(path))
         else:
             logger.warning("checkpoint %s has no critic (%s/); the critic starts from its initialisation",
                            resume_from_checkpoint, CRITIC_DIR)
 
-
-def _critic_holder(model):
-    """The module that holds the critic as its ``rlkit_critic`` child: the policy, or the model under a PEFT
-    wrapper."""
-    if CRITIC_ATTR not in model._modules and hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-@contextlib.contextmanager
-def _critic_detached(model):
-    """Take the critic off ``model`` for the block (yields it): what runs inside sees the policy alone."""
-    holder = _critic_holder(model)
-    critic = holder._modules.pop(CRITIC_ATTR)
-    try:
-        yield critic
-    finally:
-        holder.add_module(CRITIC_ATTR, critic)
-
-
-def _has_path(model) -> bool:
-    return bool(_policy_path(model))
-
-
-def _policy_path(model) -> str | None:
-    """The folder/hub id the policy was loaded from, if any."""
-    cfg = getattr(model, "config", None)
-    name = getattr(cfg, "_name_or_path", "") or getattr(cfg, "name_or_path", "")
-    return name or None
-
-
-# ----------------------------------------------------------------------------------------------- recipe runner
-
-PPO_DEFAULTS = dict(num_generations=2, per_device_train_batch_size=4, max_completion_length=128,
-                    learning_rate=1e-6, max_steps=20, temperature=1.0)
-
-
-def build_ppo_trainer(recipe, run_dir: Path, trainer_cls: type | None = None) -> PRMPPOTrainer:
-    """The PRMPPOTrainer a recipe describes (model, data, reward, outcome shaping, optimizer, backend, LoRA).
-    PPO fields (gamma, lam, vf_coef, kl_coef, critic_model, ...) go under the recipe's ``training:`` block."""
-    from rlkit.models import load_tokenizer, resolve_model
-    from rlkit.trainers.common import build_step_reward, load_datasets, optimizer_block, trainer_args
-
-    kw = trainer_args(recipe, run_dir, PPO_DEFAULTS)
-    if recipe.generation.backend == "vllm":
-        from rlkit.vllm_support import prepare_vllm
-
-        prepare_vllm(recipe.generation.vllm_mode)
-        kw.update(use_vllm=True, vllm_mode=recipe.generation.vllm_mode,
-                  vllm_gpu_memory_utilization=recipe.generation.vllm_gpu_memory_utilization)
-    if kw.get("critic_model"):
-        kw["critic_model"] = resolve_model(str(kw["critic_model"]))
-    train_ds, _ = load_datasets(recipe)
-    alg = recipe.algorithm
-    return (trainer_cls or PRMPPOTrainer)(
-        model=resolve_model(recipe.model), processing_class=load_tokenizer(recipe.model),
-        args=PRMPPOConfig(**kw), train_dataset=train_ds, step_reward=build_step_reward(recipe),
-        peft_config=recipe.peft.to_lora_config() if recipe.peft is not None else None,
-        aggregation=alg.aggregation, outcome_reward=alg.outcome_reward, outcome_weight=alg.outcome_weight,
-        steps_growth_warning=alg.steps_growth_warning,
-        optimizer_cfg=optimizer_block(recipe))
-
-
-def run_ppo(recipe, run_dir: Path, trainer_cls: type | None = None) -> None:
-    """What ``rlkit train`` runs for ``algorithm: ppo``: train, save ``policy/`` (+ ``policy/critic/``), report."""
-    from rlkit.trainers.common import train_and_report
-
-    train_and_report(build_ppo_trainer(recipe, Path(run_dir), trainer_cls), recipe, Path(run_dir))

@@ -9,7 +9,7 @@ only (``labels`` is -100 everywhere else): hard labels by default, soft labels (
 saved folder (model + tokenizer) loads back with ``build_reward("qwen-prm", model=<dir>)``.
 
 Example:
-    >>> from rlkit.trainers.prm import PRMTrainer, build_prm_dataset, prm_from_causal_lm
+    >>> from rlkit.trainers.prm_trainer import PRMTrainer, build_prm_dataset, prm_from_causal_lm
     >>> model, tok = prm_from_causal_lm("path/to/causal-lm")
     >>> train = build_prm_dataset(records, tok)       # records: {"problem", "steps", "labels"} (labelled JSONL)
     >>> trainer = PRMTrainer(model=model, args=TrainingArguments("out"), train_dataset=train,
@@ -27,15 +27,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
+from reward.labeling.io import read_records
+from reward.models._hf import load_model
 from reward.models.qwen_prm import DEFAULT_SYSTEM_PROMPT, format_prm_input
+from rlkit.distributed import is_main_process, single_rank_hf
 from rlkit.optim.trainer_hook import RecipeOptimizerMixin
+from rlkit.recipe_glue import optimizer_block, trainer_kwargs
+from rlkit.trainers.classifier_runner import ClassifierRun, train_classifier
+from rlkit.trainers.common import (
+    fill_classifier_trainer_kwargs,
+    load_backbone_tokenizer,
+)
+from rlkit.trainers.prm_config import PRMTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,6 @@ def prm_from_causal_lm(name: str, tokenizer: Any = None, separator: str = SEPARA
     """
     from transformers import AutoModelForTokenClassification
 
-    from rlkit.trainers.common import load_backbone_tokenizer
 
     path, tok = load_backbone_tokenizer(name, tokenizer)
     kw = {"num_labels": 2, "id2label": {0: "wrong", 1: "correct"}, "label2id": {"wrong": 0, "correct": 1}}
@@ -183,33 +191,6 @@ def prm_loss(logits: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tens
     return -(y * lp[:, 1] + (1 - y) * lp[:, 0]).mean()
 
 
-@dataclass
-class PRMTrainConfig(TrainingArguments):
-    """The ``training:`` block of ``algorithm.name: prm``: ``TrainingArguments`` plus the PRM's input length and
-    label kind.
-
-    Example (recipe)::
-
-        algorithm: {name: prm}
-        training: {max_length: 1024, soft_labels: true, num_train_epochs: 2, learning_rate: 2.0e-5}
-    """
-
-    max_length: int = field(default=2048, metadata={"help": "tokens per PRM input; steps whose separator falls "
-                                                             "beyond are left out of the loss"})
-    soft_labels: bool = field(default=False, metadata={"help": "train on the MC fraction as a target "
-                                                               "distribution instead of hard 0/1 labels"})
-
-    def __post_init__(self):
-        check_max_length(self.max_length)
-        super().__post_init__()
-
-
-def check_max_length(value: int, key: str = "training.max_length") -> None:
-    """ValueError unless ``value`` >= 1 (a negative length would silently cut tokens off the end instead)."""
-    if int(value) < 1:
-        raise ValueError(f"{key}: must be >= 1, got {value}")
-
-
 class PRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the PRM loss (:func:`prm_loss`) and :class:`PRMCollator` by default.
 
@@ -222,8 +203,6 @@ class PRMTrainer(RecipeOptimizerMixin, Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean; the Trainer divides it for accumulation
 
     def __init__(self, *args: Any, optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
-        from rlkit.trainers.common import fill_classifier_trainer_kwargs
-
         fill_classifier_trainer_kwargs(args, kwargs, PRMCollator)
         self.rlkit_optimizer_cfg = optimizer_cfg
         super().__init__(*args, **kwargs)
@@ -269,8 +248,6 @@ def step_accuracy(model: Any, examples: Sequence[Mapping], batch_size: int = 16,
 
 # ----------------------------------------------------------------------------------------------- recipe entry
 def _read_records(src: str, limit: int | None = None) -> list[dict]:
-    from reward.labeling.io import read_records
-
     recs = read_records(src)
     return recs[:limit] if limit is not None else recs
 
@@ -279,9 +256,6 @@ def evaluate_saved_prm(model_dir: str | os.PathLike, examples: Sequence[Mapping]
                        ) -> dict[str, float]:
     """:func:`step_accuracy` of a saved PRM folder, loaded by this rank alone through the ``qwen-prm`` loader
     (full weights, no ZeRO-3 sharding: see ``rlkit.trainers.common.single_rank_hf``)."""
-    from reward.models._hf import load_model
-    from rlkit.trainers.common import single_rank_hf
-
     with single_rank_hf():
         model, _ = load_model(str(model_dir), "token-classification")
         try:
@@ -310,50 +284,34 @@ def train_prm(recipe: Any, run_dir: str | os.PathLike, soft_labels: bool | None 
     ``prm_summary.json`` atomically. Other ranks return the summary without the evaluation fields.
     ``deepspeed_file``: the DeepSpeed config when it is not ``run_dir/deepspeed.json`` (a sub-run).
     """
-    from transformers import set_seed
+    def build(run_dir: Path) -> ClassifierRun:
+        train_recs = _read_records(recipe.data.train, recipe.data.num_train)
+        eval_recs = _read_records(recipe.data.eval, recipe.data.num_eval) if recipe.data.eval else []
+        with single_rank_hf():  # whole on every rank, even while an earlier trainer config of this process lives
+            model, tok = prm_from_causal_lm(recipe.model)
+        system_prompt = recipe.data.system_prompt if recipe.data.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
+        kw = trainer_kwargs(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
+        kw["remove_unused_columns"] = False
+        if soft_labels is not None:
+            kw["soft_labels"] = bool(soft_labels)
+        if max_length:
+            kw["max_length"] = int(max_length)
+        args = PRMTrainConfig(**kw)  # the recipe's max_length / soft_labels unless given as arguments
+        soft, length = args.soft_labels, args.max_length
+        train_ds, tstats = build_prm_dataset(train_recs, tok, system_prompt=system_prompt, max_length=length,
+                                             soft=soft, return_stats=True)
+        if not train_ds:
+            raise PRMDataError(f"{recipe.data.train}: no record has a labelled step that fits {length} tokens")
+        eval_ds = build_prm_dataset(eval_recs, tok, system_prompt=system_prompt, max_length=length,
+                                    soft=soft) if eval_recs else None
+        if is_main_process():
+            print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
+        trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tok, optimizer_cfg=optimizer_block(recipe))
+        if not eval_ds:
+            return ClassifierRun("prm", trainer, tok, tstats)
+        return ClassifierRun("prm", trainer, tok, tstats,
+                             before=lambda: step_accuracy(model, eval_ds, pad_token_id=tok.pad_token_id),
+                             after=lambda final: evaluate_saved_prm(final, eval_ds, tok.pad_token_id))
 
-    from rlkit.trainers.common import (is_main_process, optimizer_block, save_final, single_rank_hf,
-                                       trainer_args, write_run_info, write_summary)
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(recipe.seed)
-    train_recs = _read_records(recipe.data.train, recipe.data.num_train)
-    eval_recs = _read_records(recipe.data.eval, recipe.data.num_eval) if recipe.data.eval else []
-    with single_rank_hf():  # whole on every rank, even while an earlier trainer config of this process lives
-        model, tok = prm_from_causal_lm(recipe.model)
-    system_prompt = recipe.data.system_prompt if recipe.data.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
-    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
-    kw["remove_unused_columns"] = False
-    if soft_labels is not None:
-        kw["soft_labels"] = bool(soft_labels)
-    if max_length:
-        kw["max_length"] = int(max_length)
-    args = PRMTrainConfig(**kw)  # the recipe's max_length / soft_labels unless given as arguments
-    soft, max_length = args.soft_labels, args.max_length
-    train_ds, tstats = build_prm_dataset(train_recs, tok, system_prompt=system_prompt, max_length=max_length,
-                                         soft=soft, return_stats=True)
-    if not train_ds:
-        raise PRMDataError(f"{recipe.data.train}: no record has a labelled step that fits {max_length} tokens")
-    eval_ds = build_prm_dataset(eval_recs, tok, system_prompt=system_prompt, max_length=max_length,
-                                soft=soft) if eval_recs else None
-    main = is_main_process()
-    if main:
-        print(f"[prm] train: {json.dumps(tstats)}" + (f"; eval examples: {len(eval_ds)}" if eval_ds else ""))
-    opt_cfg = optimizer_block(recipe)
-    trainer = PRMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tok, optimizer_cfg=opt_cfg)
-    before = step_accuracy(model, eval_ds, pad_token_id=tok.pad_token_id) if eval_ds and main else None
-    result = trainer.train()
-    final = save_final(trainer, tok, run_dir)
-    after = evaluate_saved_prm(final, eval_ds, tok.pad_token_id) if eval_ds and main else None
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"model_dir": str(final), "train": tstats, "train_loss": result.training_loss,
-               "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-               "losses": losses, "eval_before": before, "eval_after": after,
-               "global_step": trainer.state.global_step, "world_size": trainer.accelerator.num_processes,
-               "deepspeed": trainer.is_deepspeed_enabled}
-    write_summary(run_dir / "prm_summary.json", summary)
-    write_run_info(trainer, run_dir)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    return train_classifier(recipe, run_dir, build)

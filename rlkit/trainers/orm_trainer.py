@@ -30,8 +30,9 @@ The saved folder (model + tokenizer) loads with ``build_reward("orm", model=<dir
 
 Example (sketch; ``rows`` as read by :func:`read_group_rows`)::
 
-    from rlkit.trainers.orm import (ListwiseRMConfig, ListwiseRMTrainer, build_orm_dataset, label_groups,
-                                    orm_from_causal_lm)
+    from rlkit.trainers.orm_config import ListwiseRMConfig
+    from rlkit.trainers.orm_trainer import (ListwiseRMTrainer, build_orm_dataset, label_groups,
+                                            orm_from_causal_lm)
     groups, stats = label_groups(rows)          # rows: {"problem", "reference", "responses": [...]}
     model, tok = orm_from_causal_lm("path/to/causal-lm")
     trainer = ListwiseRMTrainer(model=model, args=ListwiseRMConfig("out"),
@@ -42,34 +43,29 @@ Example (sketch; ``rows`` as read by :func:`read_group_rows`)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
+from reward.evaluation.ranking import group_listwise_loss, outcome_metrics
 from reward.labeling.io import PROBLEM_KEYS, REFERENCE_KEYS, LabelDataError, read_jsonl
-from reward.models._hf import render_chat
+from reward.models._hf import load_model, render_chat, score_head_of, sequence_classifier_class
+from reward.models.verifier import is_correct
+from rlkit.distributed import is_main_process, single_rank_hf
 from rlkit.optim.trainer_hook import RecipeOptimizerMixin
+from rlkit.recipe_glue import optimizer_block, trainer_kwargs
+from rlkit.trainers.classifier_runner import ClassifierRun, train_classifier
+from rlkit.trainers.common import (
+    fill_classifier_trainer_kwargs,
+    load_backbone_tokenizer,
+)
+from rlkit.trainers.orm_config import SCORE_HEAD_CHOICES, ListwiseRMConfig
 
 
 class ORMDataError(ValueError):
     """Bad outcome-RM training data (missing field, nothing left after dropping one-class groups)."""
-
-
-# ----------------------------------------------------------------------------------------------- loss
-def group_listwise_loss(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor | None:
-    """Listwise loss of one problem: ``-mean over (pos, neg) pairs of log sigmoid(r_pos - r_neg)``.
-
-    ``scores``: (n,) RM scores; ``correct``: (n,) bools. None when the group has no pair (all right / all wrong).
-    """
-    c = correct.bool()
-    pos, neg = scores[c], scores[~c]
-    if pos.numel() == 0 or neg.numel() == 0:
-        return None
-    return -F.logsigmoid(pos[:, None].float() - neg[None, :].float()).mean()
 
 
 def listwise_loss(scores: torch.Tensor, correct: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -153,7 +149,7 @@ def label_groups(rows: Sequence[Mapping], verify: Callable[[str, str], bool] | N
     groups only).
     """
     if verify is None:
-        from reward.models.verifier import is_correct as verify
+        verify = is_correct
     groups, stats = [], {"problems": 0, "kept": 0, "all_correct": 0, "all_wrong": 0, "responses": 0, "pairs": 0}
     for i, r in enumerate(rows):
         stats["problems"] += 1
@@ -225,14 +221,8 @@ class GroupCollator:
                 "group": torch.tensor(group)}
 
 
-# ----------------------------------------------------------------------------------------------- model
-SCORE_HEAD_CHOICES = ("auto", "mlp2", "linear")
-
-
 def existing_score_head(config: Any) -> str | None:
     """The head of a folder that already is a sequence classifier ("mlp2" / "linear"); None for a causal LM."""
-    from reward.models._hf import score_head_of
-
     head = score_head_of(config)
     if head is not None:
         return head
@@ -255,8 +245,6 @@ def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None, head
     """
     from transformers import AutoConfig
 
-    from reward.models._hf import sequence_classifier_class
-    from rlkit.trainers.common import load_backbone_tokenizer
 
     if head not in SCORE_HEAD_CHOICES:
         raise ValueError(f"score head: unknown value {head!r} (allowed: {', '.join(SCORE_HEAD_CHOICES)})")
@@ -276,29 +264,6 @@ def orm_from_causal_lm(name: Any, tokenizer: Any = None, dtype: Any = None, head
     return model, tok
 
 
-# ----------------------------------------------------------------------------------------------- trainer
-@dataclass
-class ListwiseRMConfig(TrainingArguments):
-    """``TrainingArguments`` plus the listwise RM's own fields (the recipe's ``training:`` block for
-    ``algorithm.name: orm``).
-
-    ``max_length``: longest input per response (cut from the left, like the ``orm`` reward).
-    ``eval_batch_groups``: problems per forward pass in :func:`ranking_metrics`.
-    ``score_head``: "mlp2" (``Linear(h, h) -> ReLU -> Linear(h, 1)``), "linear" (the architecture's
-    ``Linear(h, 1)``) or "auto" (an existing ORM's own head, else mlp2); see :func:`orm_from_causal_lm`.
-    """
-
-    max_length: int = field(default=2048, metadata={"help": "longest ORM input (tokens), cut from the left"})
-    eval_batch_groups: int = field(default=8, metadata={"help": "problems per batch when measuring ranking"})
-    score_head: str = field(default="auto", metadata={"help": "auto | mlp2 | linear: the scalar head"})
-
-    def __post_init__(self) -> None:
-        if self.score_head not in SCORE_HEAD_CHOICES:
-            raise ValueError(f"training.score_head: unknown value {self.score_head!r} "
-                             f"(allowed: {', '.join(SCORE_HEAD_CHOICES)})")
-        super().__post_init__()
-
-
 class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
     """``transformers.Trainer`` with the listwise loss (:func:`listwise_loss`) and :class:`GroupCollator`.
 
@@ -308,8 +273,6 @@ class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
     """
 
     def __init__(self, *args: Any, optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
-        from rlkit.trainers.common import fill_classifier_trainer_kwargs
-
         fill_classifier_trainer_kwargs(args, kwargs, GroupCollator)
         self.rlkit_optimizer_cfg = optimizer_cfg
         super().__init__(*args, **kwargs)
@@ -328,53 +291,6 @@ class ListwiseRMTrainer(RecipeOptimizerMixin, Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, dict(inputs))
         return loss.detach(), None, None
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-def pairwise_accuracy(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]) -> float:
-    """Share of (correct, incorrect) pairs within a problem that the scores order right (ties count 1/2).
-
-    Example:
-        >>> pairwise_accuracy([[0.9, 0.1, 0.5]], [[True, False, False]])
-        1.0
-    """
-    right = total = 0.0
-    for s, c in zip(scores, correct):
-        for i, ci in enumerate(c):
-            if not ci:
-                continue
-            for j, cj in enumerate(c):
-                if cj:
-                    continue
-                total += 1
-                right += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
-    return right / total if total else float("nan")
-
-
-def outcome_metrics(groups: Sequence[Mapping], scores: Sequence[Sequence[float]],
-                    same: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
-    """rm@N, maj@N, pass@N (through ``reward.evaluation.bon.best_of_n``), pairwise accuracy and mean listwise
-    loss for response-level ``scores`` of ``groups`` (``{"problem", "responses", "correct"}``; an ``answers``
-    list is used for maj@N when present, else the verifier's ``extract_answer`` of each response).
-
-    rm@N is the share of problems whose top-scored response is correct (first one on ties).
-    """
-    from reward.evaluation.bon import best_of_n
-    from reward.models.verifier import extract_answer
-
-    probs = []
-    for g, s in zip(groups, scores):
-        answers = g.get("answers") or [extract_answer(t) for t in g["responses"]]
-        probs.append([{"correct": bool(c), "answer": a, "scores": [float(v)]}
-                      for c, a, v in zip(g["correct"], answers, s)])
-    res = best_of_n(probs, aggregations=("last",), min_steps=1, same=same)
-    losses = [group_listwise_loss(torch.tensor(s, dtype=torch.float64), torch.tensor(g["correct"]))
-              for g, s in zip(groups, scores)]
-    losses = [float(v) for v in losses if v is not None]
-    return {"rm@n": res["bon"]["last"], "maj@n": res["maj@n"], "pass@n": res["pass@n"],
-            "pairwise_accuracy": pairwise_accuracy(scores, [g["correct"] for g in groups]),
-            "listwise_loss": sum(losses) / len(losses) if losses else float("nan"),
-            "n_problems": res["n_problems"], "N": res["N"]}
 
 
 @torch.no_grad()
@@ -409,35 +325,6 @@ def ranking_metrics(model: Any, groups: Sequence[Mapping], tokenizer: Any, syste
     return outcome_metrics(groups, model_scores(model, ex, tokenizer.pad_token_id, batch_groups))
 
 
-def evaluate_outcome_rm(reward: Any, groups: Sequence[Mapping], batch_size: int = 16,
-                        same: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
-    """rm@N / maj@N / pass@N / pairwise accuracy of **any** registered reward used as an outcome RM.
-
-    ``reward``: a built StepRewardModel (e.g. ``build_reward("orm", model=...)``) or ``{"name", "args"}``.
-    Each response's value is its response-level score (``meta["response_score"]``, else the last step's).
-    ``groups``: ``{"problem", "reference"?, "responses", "correct"}`` (e.g. from :func:`label_groups`, or
-    unfiltered groups for rm@N over every problem).
-    """
-    from reward.models.composite import response_score
-    from reward.registry import build_reward
-
-    if isinstance(reward, Mapping):
-        reward = build_reward(reward["name"], **dict(reward.get("args") or {}))
-    flat = [(gi, g["problem"], t, g.get("reference")) for gi, g in enumerate(groups) for t in g["responses"]]
-    vals: list[float] = []
-    for k in range(0, len(flat), batch_size):
-        chunk = flat[k:k + batch_size]
-        refs = [c[3] for c in chunk]
-        got = reward.score([c[1] for c in chunk], [c[2] for c in chunk],
-                           refs if all(r is not None for r in refs) else None)
-        vals += [response_score(s) for s in got]
-    scores: list[list[float]] = [[] for _ in groups]
-    for (gi, *_), v in zip(flat, vals):
-        scores[gi].append(v)
-    return outcome_metrics(groups, scores, same)
-
-
-# ----------------------------------------------------------------------------------------------- recipe entry
 def _load_groups(src: str, limit: int | None) -> tuple[list[dict], dict[str, int]]:
     rows = read_group_rows(src)
     if limit is not None:
@@ -450,9 +337,6 @@ def evaluate_saved_orm(model_dir: str | Path, groups: Sequence[Mapping], tokeniz
                        ) -> dict[str, Any]:
     """:func:`ranking_metrics` of a saved ORM folder, loaded by this rank alone through the ``orm`` reward's
     loader (full weights, no ZeRO-3 sharding: see ``rlkit.trainers.common.single_rank_hf``)."""
-    from reward.models._hf import load_model
-    from rlkit.trainers.common import single_rank_hf
-
     with single_rank_hf():
         model, _ = load_model(str(model_dir), "sequence-classification", tokenizer=tokenizer)
         try:
@@ -479,52 +363,37 @@ def train_orm(recipe: Any, run_dir: str | Path, model: Any = None, tokenizer: An
     ``orm_summary.json`` atomically. Other ranks return the summary without the evaluation fields.
     ``deepspeed_file``: the DeepSpeed config when it is not ``run_dir/deepspeed.json`` (a sub-run).
     """
-    from transformers import set_seed
-
-    from rlkit.trainers.common import (is_main_process, optimizer_block, save_final, single_rank_hf,
-                                       trainer_args, write_run_info, write_summary)
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(recipe.seed)
-    main = is_main_process()
-    train_groups, tstats = _load_groups(recipe.data.train, recipe.data.num_train)
-    if main:
-        print(f"[orm] train groups: {json.dumps(tstats)}")
-    if not train_groups:
-        raise ORMDataError(f"{recipe.data.train}: no problem has both a correct and an incorrect response "
-                           f"({tstats['all_correct']} all correct, {tstats['all_wrong']} all wrong)")
-    eval_groups, estats = ([], None)
-    if recipe.data.eval and recipe.data.num_eval != 0:
-        eval_groups, estats = _load_groups(recipe.data.eval, recipe.data.num_eval)
+    def build(run_dir: Path) -> ClassifierRun:
+        nonlocal model, tokenizer
+        main = is_main_process()
+        train_groups, tstats = _load_groups(recipe.data.train, recipe.data.num_train)
         if main:
-            print(f"[orm] eval groups: {json.dumps(estats)}")
-    if model is None:
-        with single_rank_hf():  # whole on every rank, even when an earlier trainer config is alive
-            model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer,
-                                                  head=recipe.training.get("score_head", "auto"))
-    sp = recipe.data.system_prompt
-    kw = trainer_args(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
-    kw["remove_unused_columns"] = False
-    args = ListwiseRMConfig(**kw)
-    train_ds = build_orm_dataset(train_groups, tokenizer, sp, args.max_length)
-    opt_cfg = optimizer_block(recipe)
-    trainer = ListwiseRMTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                                optimizer_cfg=opt_cfg)
-    measure = bool(eval_groups) and main
-    before = (ranking_metrics(model, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
-              if measure else None)
-    result = trainer.train()
-    final = save_final(trainer, tokenizer, run_dir)
-    after = (evaluate_saved_orm(final, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups)
-             if measure else None)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"model_dir": str(final), "train": tstats, "eval_groups": estats, "train_loss": result.training_loss,
-               "first_logged_loss": losses[0] if losses else None,
-               "last_logged_loss": losses[-1] if losses else None, "losses": losses,
-               "eval_before": before, "eval_after": after, "global_step": trainer.state.global_step,
-               "world_size": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled}
-    write_summary(run_dir / "orm_summary.json", summary)
-    write_run_info(trainer, run_dir)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+            print(f"[orm] train groups: {json.dumps(tstats)}")
+        if not train_groups:
+            raise ORMDataError(f"{recipe.data.train}: no problem has both a correct and an incorrect response "
+                               f"({tstats['all_correct']} all correct, {tstats['all_wrong']} all wrong)")
+        eval_groups, estats = ([], None)
+        if recipe.data.eval and recipe.data.num_eval != 0:
+            eval_groups, estats = _load_groups(recipe.data.eval, recipe.data.num_eval)
+            if main:
+                print(f"[orm] eval groups: {json.dumps(estats)}")
+        if model is None:
+            with single_rank_hf():  # whole on every rank, even when an earlier trainer config is alive
+                model, tokenizer = orm_from_causal_lm(recipe.model, tokenizer,
+                                                      head=recipe.training.get("score_head", "auto"))
+        sp = recipe.data.system_prompt
+        kw = trainer_kwargs(recipe, run_dir, {"remove_unused_columns": False}, deepspeed_file)
+        kw["remove_unused_columns"] = False
+        args = ListwiseRMConfig(**kw)
+        train_ds = build_orm_dataset(train_groups, tokenizer, sp, args.max_length)
+        trainer = ListwiseRMTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                                    optimizer_cfg=optimizer_block(recipe))
+        if not eval_groups:
+            return ClassifierRun("orm", trainer, tokenizer, tstats, summary={"eval_groups": estats})
+        return ClassifierRun(
+            "orm", trainer, tokenizer, tstats, summary={"eval_groups": estats},
+            before=lambda: ranking_metrics(model, eval_groups, tokenizer, sp, args.max_length, args.eval_batch_groups),
+            after=lambda final: evaluate_saved_orm(final, eval_groups, tokenizer, sp, args.max_length,
+                                                   args.eval_batch_groups))
+
+    return train_classifier(recipe, run_dir, build)

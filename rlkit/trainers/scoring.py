@@ -1,0 +1,182 @@
+"""Step scoring shared by the GRPO and PPO trainers: completions -> :class:`ScoredCompletion` records
+(step scores, the completion token that ends each step, the verifier's verdict), and the reward-hacking
+monitors logged every step.
+
+``StepScoringMixin`` goes before TRL's GRPOTrainer in the bases; it registers its scorer as TRL's one reward
+function, so TRL's rollout calls it with the prompts, completions and completion ids, and the trainer picks up
+``self._pending`` (this rank's records) afterwards::
+
+    class MyTrainer(StepScoringMixin, GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            scored = self.take_scored()                      # list[ScoredCompletion] of this rank
+            ...
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from reward.base import StepRewardModel, StepScores, aggregate
+from reward.models.verifier import is_correct
+from reward.steps import locate_text, step_token_spans
+from rlkit import credit as credit_lib
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredCompletion:
+    """One scored completion, as scoring hands it to credit, PPO rewards and the monitors.
+
+    ``scores[s]`` is step s's score and ``ends[s]`` the index of the completion token that ends it (the last
+    step ends on the last token); a completion without steps is one pseudo-step scored 0.0. ``verified`` is the
+    verifier's 0/1 against the reference answer (None without one). ``unplaced`` counts steps whose text could
+    not be found in the decoded tokens (put on the last token).
+    """
+
+    scores: list[float]
+    ends: list[int]
+    verified: float | None
+    n_tokens: int
+    n_steps: int
+    unplaced: int = 0
+
+
+def pad_scored(items: Sequence[ScoredCompletion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded (step_rewards, step_mask, step_ends) tensors of ``items`` (``rlkit.credit`` shapes)."""
+    return credit_lib.pad_steps([it.scores for it in items], [it.ends for it in items])
+
+
+def verified_tensor(items: Sequence[ScoredCompletion]) -> torch.Tensor | None:
+    """(B,) verifier results, or None unless every item has one."""
+    if not items or any(it.verified is None for it in items):
+        return None
+    return torch.tensor([it.verified for it in items], dtype=torch.float32)
+
+
+def prompt_text(x: Any) -> str:
+    """Plain text of a prompt/completion in TRL's standard or conversational format."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and x and isinstance(x[-1], dict):
+        if x[-1].get("role") == "assistant":
+            return str(x[-1]["content"])
+        users = [m for m in x if m.get("role") == "user"]
+        return str((users or x)[-1]["content"])
+    return str(x)
+
+
+class StepScoringMixin:
+    """Scores completions step by step with ``step_reward`` and logs the monitors (see the module docstring).
+
+    Args (keyword, taken before the Trainer's own):
+        step_reward: any ``reward.base.StepRewardModel``.
+        aggregation: step scores -> response score (outcome credit, logging, PRM verdict).
+        outcome_reward / outcome_weight: how the verifier is mixed in (``rlkit.credit``).
+        steps_growth_warning: warn once mean steps per response exceeds this factor of its first value.
+        optimizer_cfg: the recipe's optimizer block (``rlkit.optim.RecipeOptimizerMixin``).
+    """
+
+    def __init__(self, *, step_reward: StepRewardModel, aggregation: str = "min", outcome_reward: str = "none",
+                 outcome_weight: float = 1.0, steps_growth_warning: float = 2.0,
+                 optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
+        self.step_reward = step_reward
+        self.aggregation = aggregation
+        self.outcome_reward = outcome_reward
+        self.outcome_weight = outcome_weight
+        self.steps_growth_warning = steps_growth_warning
+        self.rlkit_optimizer_cfg = optimizer_cfg
+        self._pending: list[ScoredCompletion] | None = None
+        self._first_steps_per_response: float | None = None
+        self._warned_growth = False
+        self._warned_unplaced = False
+        kwargs.pop("reward_funcs", None)
+        super().__init__(reward_funcs=[self._reward_callable], **kwargs)
+
+    @property
+    def probabilistic_scores(self) -> bool:
+        """Whether the step reward's scores are probabilities (qwen_math shaping takes their logit)."""
+        return bool(getattr(self.step_reward, "probabilistic", True))
+
+    def take_scored(self) -> list[ScoredCompletion]:
+        """This rank's records of the rollout just scored (and forget them)."""
+        items, self._pending = self._pending or [], None
+        return items
+
+    # ------------------------------------------------------------------ scoring (runs inside TRL's reward step)
+    def score_completions(self, questions: list[str], completions: list[str],
+                          references: list[str | None] | None) -> list[StepScores]:
+        """Hook: score each completion's steps. Default: the step reward model."""
+        return self.step_reward.score(questions, completions, references)
+
+    def _reward_callable(self, prompts: list, completions: list, completion_ids: list[list[int]],
+                         answer: list[str] | None = None, **_: Any) -> list[float]:
+        questions = [prompt_text(p) for p in prompts]
+        texts = [prompt_text(c) for c in completions]
+        refs = list(answer) if answer is not None else None
+        scored = self.score_completions(questions, texts, refs)
+        items = [self._place(text, list(ids), sc, ref)
+                 for text, ids, sc, ref in zip(texts, completion_ids, scored, refs or [None] * len(texts))]
+        if any(it.unplaced for it in items) and not self._warned_unplaced:
+            self._warned_unplaced = True
+            logger.warning("%d of %d scored steps could not be placed on the completion's tokens (the scored text "
+                           "does not occur in the decoded completion); they are put on the last token, which "
+                           "turns their credit into outcome credit. Counted in prm/unplaced_steps.",
+                           sum(it.unplaced for it in items), sum(it.n_steps for it in items))
+        self._pending = items
+        return [aggregate(it.scores, self.aggregation) for it in items]
+
+    def _place(self, text: str, ids: list[int], sc: StepScores, ref: str | None) -> ScoredCompletion:
+        """Each step's score on the token that ends it, aligned against the decoded ids: TRL may have parsed
+        the response (reasoning / tool calls moved out of the content), so ``text`` can be a part of them."""
+        n_tok = max(len(ids), 1)
+        unplaced = 0
+        if len(sc.steps):
+            char_ends = locate_text(self.processing_class, ids, text)
+            spans = step_token_spans(sc.steps, char_ends) if char_ends is not None else [None] * len(sc.steps)
+            unplaced = sum(s is None for s in spans)
+            ends = [n_tok - 1 if s is None else s[1] for s in spans]
+            ends[-1] = n_tok - 1  # the last step ends with the completion (EOS included)
+            scores = list(sc.scores)
+        else:  # an empty completion: one pseudo-step scored 0 on its last token
+            ends, scores = [n_tok - 1], [0.0]
+        # the verifier runs whenever a reference exists: for outcome shaping and the accuracy monitor
+        verified = None if ref is None else float(is_correct(text, ref))
+        return ScoredCompletion(scores, ends, verified, len(ids), len(sc.steps), unplaced)
+
+    # ------------------------------------------------------------------ monitors
+    def log_step_metrics(self, items: Sequence[ScoredCompletion], mode: str) -> None:
+        """Hook: reward-hacking monitors, logged through the Trainer's reporting every step."""
+        m = self._metrics[mode]
+        steps = [it.n_steps for it in items]
+        all_scores = [s for it in items for s in it.scores]
+        mean_steps = sum(steps) / max(len(steps), 1)
+        m["prm/steps_per_response"].append(mean_steps)
+        m["prm/step_score_mean"].append(sum(all_scores) / max(len(all_scores), 1))
+        m["prm/step_score_min"].append(min(all_scores) if all_scores else 0.0)
+        min_last = [it.scores.index(min(it.scores)) == len(it.scores) - 1 for it in items if len(it.scores) > 1]
+        m["prm/min_on_final_step"].append(sum(min_last) / max(len(min_last), 1))
+        m["prm/unplaced_steps"].append(float(sum(it.unplaced for it in items)))
+        m["prm/response_tokens"].append(sum(it.n_tokens for it in items) / max(len(items), 1))
+        ver = [it for it in items if it.verified is not None]
+        if ver:
+            m["outcome/accuracy"].append(sum(it.verified for it in ver) / len(ver))
+            agree = [(aggregate(it.scores, self.aggregation) >= 0.5) == (it.verified >= 0.5) for it in ver]
+            m["prm/verifier_agreement"].append(sum(agree) / len(agree))
+        if mode == "train" and mean_steps > 0:
+            if self._first_steps_per_response is None:
+                self._first_steps_per_response = mean_steps
+            elif (not self._warned_growth and
+                  mean_steps > self.steps_growth_warning * self._first_steps_per_response):
+                self._warned_growth = True
+                logger.warning("steps per response grew from %.2f to %.2f (> %.1fx): possible reward hacking "
+                               "(many short 'safe' steps); consider credit: min_form",
+                               self._first_steps_per_response, mean_steps, self.steps_growth_warning)
+        if not math.isfinite(m["prm/step_score_mean"][-1]):
+            raise ValueError("step reward model produced non-finite scores")
