@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -368,3 +369,15 @@ def test_cli_arguments(capsys):
         assert main(["serve-reward", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("rlkit serve-reward: error: ") and message in err and "\n" not in err, err
+
+
+def test_benchmark_runs_at_toy_size_and_prints_ratios():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "reward_server.py"), "--clients", "4",
+                          "--requests", "3"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {ln.split()[0]: ln.split() for ln in res.stdout.splitlines() if ln.startswith(("dynamic ", "one-at"))}
+    assert set(rows) == {"dynamic", "one-at-a-time"}, res.stdout
+    # 12 requests of 1-3 responses: one request per call without batching, and every score exact
+    assert rows["one-at-a-time"][5] == "12" and float(rows["one-at-a-time"][6]) == 24 / 12
+    assert all(float(r[-1]) == 0 for r in rows.values()) and all(float(r[2]) > 0 for r in rows.values())
+    assert re.search(r"ratio dynamic / one-at-a-time: throughput [0-9.]+x, p50 [0-9.]+x, p99 [0-9.]+x", res.stdout)
