@@ -11,7 +11,8 @@ Endpoints (JSON; errors are ``{"error": "<one line>"}`` with a 4xx/5xx status):
     POST /score     {"prompts": [str], "responses": [str], "steps": [[str]] | null, "references": [str|null] | null}
                     -> {"scores": [[float per step] per response]}  (+ "steps" when the request left them out:
                     the server split the responses with the reward's own splitter)
-    GET  /health    {"status": "ok", "requests": ..., "batches": ..., "largest_batch": ..., "queued": ...}
+    GET  /health    {"status": "ok", "queued": ..., "scoring": ..., "requests": ..., "batches": ...,
+                    "largest_batch": ..., ...}   (counters of ServiceStats; no token needed)
     GET  /metadata  reward name, its arguments, batch settings, probabilistic
 
 With ``token`` set, /score and /metadata need ``Authorization: Bearer <token>`` (401 otherwise); /health
@@ -246,6 +247,7 @@ class RewardService:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.closing = False
+        self.scoring = 0  # requests in the batch being scored now
 
     @property
     def queued(self) -> int:
@@ -312,6 +314,7 @@ class RewardService:
         loop = asyncio.get_running_loop()
         self.stats.batches += 1  # model calls, retries of a failed batch included
         self.stats.largest_batch = max(self.stats.largest_batch, n)
+        self.scoring = len(batch)
         try:
             results = await loop.run_in_executor(self._executor, score_requests, self.model,
                                                  [j.request for j in batch])
@@ -326,6 +329,8 @@ class RewardService:
                 log.exception("scoring failed")
             _resolve(batch[0].future, exc=ApiError(status, f"reward failed: {type(e).__name__}: {e}"))
             return
+        finally:
+            self.scoring = 0
         for job, res in zip(batch, results):
             self.stats.requests += 1
             self.stats.responses += len(job.request)
@@ -425,7 +430,7 @@ def create_app(model: StepRewardModel, settings: ServeSettings, name: str | None
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "stopping" if service.closing else "ok", "queued": service.queued,
-                **asdict(service.stats)}
+                "scoring": service.scoring, **asdict(service.stats)}
 
     @app.get("/metadata")
     async def get_metadata(request: Request) -> dict[str, Any]:
