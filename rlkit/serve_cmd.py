@@ -9,7 +9,8 @@ Batching: requests arriving within ``--max-wait-ms`` of the first waiting one ar
 ``--max-batch`` responses (``--max-batch 1``: one request at a time); more than ``--max-queue`` waiting
 requests get HTTP 503. ``--token`` (default: the RLKIT_REWARD_TOKEN environment variable) makes /score and
 /metadata require ``Authorization: Bearer <token>``. SIGTERM or Ctrl-C finishes the queued batches, then exits 0.
-Bad arguments give a one-line error and exit code 2 before any model loads. See docs/rewards.md#serving.
+Bad arguments give a one-line error and exit code 2 before any model loads.
+See docs/rewards.md#serving-a-reward-rlkit-serve-reward.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger bodies get 413 (default 8 MiB)")
     p.add_argument("--max-request-responses", type=int, default=1024,
                    help="more responses in one request get 413 (default 1024)")
-    p.add_argument("--token", default=None, help=f"shared secret for Authorization: Bearer (default ${TOKEN_ENV})")
+    p.add_argument("--token", default=None,
+                   help=f"shared secret for Authorization: Bearer (default ${TOKEN_ENV}, the better place: "
+                   "a command line is visible to other users of the machine)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish in-flight requests after SIGTERM (default 30)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

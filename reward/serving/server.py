@@ -19,7 +19,7 @@ With ``token`` set, /score and /metadata need ``Authorization: Bearer <token>`` 
 stays open for load balancers. Bodies over ``max_body_bytes`` and requests with more than
 ``max_request_responses`` responses get 413.
 
-Example (command line; see docs/rewards.md#serving)::
+Example (command line; see docs/rewards.md#serving-a-reward-rlkit-serve-reward)::
 
     rlkit serve-reward --reward arithmetic --port 8000 --max-batch 64 --max-wait-ms 5
     # recipe of the RL run:  reward: {name: remote, args: {url: "http://HOST:8000/score"}}
