@@ -35,28 +35,23 @@ Example (in process, e.g. a test or a notebook):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
-import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reward.base import RewardError, StepRewardModel, StepScores, wrap_scores
-from reward.models._common import ResponseAwareReward
-from reward.steps import Step
-
-log = logging.getLogger("rlkit.serve")
+from reward.base import StepRewardModel
+from reward.serving.batcher import RewardService, ServiceStats
+from reward.serving.protocol import ApiError, one_line, parse_score_request
 
 
 @dataclass
@@ -89,261 +84,6 @@ class ServeSettings:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.token is not None and not self.token:
             raise ValueError("token must be non-empty when given")
-
-
-@dataclass
-class ScoreRequest:
-    """One validated POST /score body; ``split`` is True when the server split the responses itself."""
-
-    prompts: list[str]
-    responses: list[str]
-    steps: list[list[str]]
-    references: list[str | None] | None
-    split: bool = False
-
-    def __len__(self) -> int:
-        return len(self.responses)
-
-
-@dataclass
-class ServiceStats:
-    """Counters shown by GET /health (and returned by :func:`serve` when the server stops)."""
-
-    requests: int = 0
-    responses: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-    rejected_full: int = 0
-    failed: int = 0
-
-
-class ApiError(Exception):
-    """An HTTP error answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, one_line(message)
-
-
-def one_line(msg: Any, limit: int = 300) -> str:
-    text = " ".join(str(msg).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _str_list(value: Any, field_name: str, allow_none: bool = False) -> list:
-    if not isinstance(value, list):
-        raise ApiError(422, f"'{field_name}' must be a list, got {type(value).__name__}")
-    for i, v in enumerate(value):
-        if not (isinstance(v, str) or (allow_none and v is None)):
-            want = "a string or null" if allow_none else "a string"
-            raise ApiError(422, f"'{field_name}[{i}]' must be {want}, got {type(v).__name__}")
-    return value
-
-
-def parse_score_request(body: bytes, model: StepRewardModel, max_responses: int) -> ScoreRequest:
-    """Validate a POST /score body; raises :class:`ApiError` (400 bad JSON, 422 wrong shape, 413 too many)."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, f"body must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - {"prompts", "responses", "steps", "references"})
-    if unknown:
-        raise ApiError(422, f"unknown field {unknown[0]!r} (allowed: prompts, responses, steps, references)")
-    for key in ("prompts", "responses"):
-        if key not in data:
-            raise ApiError(422, f"missing field '{key}'")
-    prompts = _str_list(data["prompts"], "prompts")
-    responses = _str_list(data["responses"], "responses")
-    n = len(responses)
-    if n > max_responses:
-        raise ApiError(413, f"{n} responses in one request exceed the limit of {max_responses}")
-    if len(prompts) != n:
-        raise ApiError(422, f"{len(prompts)} prompts for {n} responses")
-    refs = data.get("references")
-    if refs is not None:
-        refs = _str_list(refs, "references", allow_none=True)
-        if len(refs) != n:
-            raise ApiError(422, f"{len(refs)} references for {n} responses")
-    steps = data.get("steps")
-    if steps is None:
-        split = [model.splitter.split(r) for r in responses]
-        return ScoreRequest(prompts, responses, [[s.text for s in st] for st in split], refs, split=True)
-    if not isinstance(steps, list) or len(steps) != n:
-        got = len(steps) if isinstance(steps, list) else type(steps).__name__
-        raise ApiError(422, f"'steps' must be a list of {n} lists of strings (one per response), got {got}")
-    for i, st in enumerate(steps):
-        _str_list(st, f"steps[{i}]")
-    return ScoreRequest(prompts, responses, steps, refs)
-
-
-def locate_steps(response: str, texts: Sequence[str]) -> list[Step]:
-    """Steps with their character spans, found in order inside ``response``.
-
-    A step text that is not in the response (the client split differently) gets a span right after the
-    previous step; rewards score the step text, spans only matter for token alignment on the client.
-    """
-    out, pos = [], 0
-    for t in texts:
-        i = response.find(t, pos)
-        i = pos if i < 0 else i
-        out.append(Step(t, i, i + len(t)))
-        pos = i + len(t)
-    return out
-
-
-def score_requests(model: StepRewardModel, batch: Sequence[ScoreRequest]) -> list[list[list[float]]]:
-    """Score several requests with one model call; per request, one list of step scores per response.
-
-    The client's step texts are used as they are (the server never re-splits them), so every response gets
-    exactly as many scores as it sent steps. Rewards that read the whole response get the original text.
-    """
-    prompts = [p for r in batch for p in r.prompts]
-    responses = [x for r in batch for x in r.responses]
-    steps = [locate_steps(resp, st) for r in batch for resp, st in zip(r.responses, r.steps)]
-    refs: list[str | None] | None = [x for r in batch for x in (r.references or [None] * len(r))]
-    if all(x is None for x in refs):
-        refs = None
-    if isinstance(model, ResponseAwareReward):
-        scored: list[StepScores] = wrap_scores(model.name, steps, model.score_responses(prompts, responses, steps, refs))
-    else:
-        scored = model.score_split(prompts, steps, refs)
-    if len(scored) != len(responses):
-        raise RewardError(f"reward returned {len(scored)} results for {len(responses)} responses")
-    out, pos = [], 0
-    for r in batch:
-        out.append([s.scores for s in scored[pos: pos + len(r)]])
-        pos += len(r)
-    return out
-
-
-@dataclass
-class _Job:
-    request: ScoreRequest
-    future: asyncio.Future
-    arrived: float
-
-
-_STOP = object()
-
-
-@dataclass
-class RewardService:
-    """The batching core, independent of HTTP: an asyncio queue drained into one worker thread.
-
-    :meth:`submit` queues a request and waits for its scores. The batcher takes the first waiting request,
-    adds every request arriving until ``max_wait_ms`` after that one arrived (or until ``max_batch`` responses),
-    and scores them with one model call in the worker thread; a batch that fails is retried request by
-    request, so one bad request cannot fail the others.
-    """
-
-    model: StepRewardModel
-    settings: ServeSettings
-    stats: ServiceStats = field(default_factory=ServiceStats)
-
-    def __post_init__(self) -> None:
-        self._queue: asyncio.Queue | None = None
-        self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self.closing = False
-        self.scoring = 0  # requests in the batch being scored now
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()  # bounded by submit(), so the stop marker always fits
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkit-reward")
-        self._task = asyncio.create_task(self._run(), name="rlkit-reward-batcher")
-
-    async def stop(self) -> None:
-        """Refuse new requests, finish every queued one, then stop the worker thread."""
-        self.closing = True
-        if self._queue is not None and self._task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._task
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-
-    async def submit(self, request: ScoreRequest) -> list[list[float]]:
-        if self._queue is None or self.closing:
-            raise ApiError(503, "server is shutting down")
-        if not len(request):
-            return []
-        if self._queue.qsize() >= self.settings.max_queue:
-            self.stats.rejected_full += 1
-            raise ApiError(503, f"queue full ({self.settings.max_queue} requests waiting); retry later")
-        loop = asyncio.get_running_loop()
-        job = _Job(request, loop.create_future(), loop.time())
-        self._queue.put_nowait(job)
-        return await job.future
-
-    async def _run(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        wait = self.settings.max_wait_ms / 1000.0
-        carry: Any = None
-        while True:
-            first = carry if carry is not None else await self._queue.get()
-            carry = None
-            if first is _STOP:
-                return
-            batch, n = [first], len(first.request)
-            deadline = first.arrived + wait
-            while n < self.settings.max_batch:
-                try:
-                    if not self._queue.empty():
-                        item = self._queue.get_nowait()
-                    else:
-                        left = deadline - loop.time()
-                        if left <= 0:
-                            break
-                        item = await asyncio.wait_for(self._queue.get(), left)
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                    break
-                if item is _STOP or n + len(item.request) > self.settings.max_batch:
-                    carry = item
-                    break
-                batch.append(item)
-                n += len(item.request)
-            await self._score(batch, n)
-
-    async def _score(self, batch: list[_Job], n: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.stats.batches += 1  # model calls, retries of a failed batch included
-        self.stats.largest_batch = max(self.stats.largest_batch, n)
-        self.scoring = len(batch)
-        try:
-            results = await loop.run_in_executor(self._executor, score_requests, self.model,
-                                                 [j.request for j in batch])
-        except Exception as e:  # noqa: BLE001 - reported to the clients, the server keeps serving
-            if len(batch) > 1:
-                for job in batch:  # find the request that broke the batch; the others still get scores
-                    await self._score([job], len(job.request))
-                return
-            self.stats.failed += 1
-            status = 422 if isinstance(e, RewardError) else 500
-            if status == 500:
-                log.exception("scoring failed")
-            _resolve(batch[0].future, exc=ApiError(status, f"reward failed: {type(e).__name__}: {e}"))
-            return
-        finally:
-            self.scoring = 0
-        for job, res in zip(batch, results):
-            self.stats.requests += 1
-            self.stats.responses += len(job.request)
-            _resolve(job.future, result=res)
-
-
-def _resolve(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
-    if fut.done():  # the client went away and its handler was cancelled
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -379,7 +119,7 @@ def _json_safe(value: Any) -> Any:
 def create_app(model: StepRewardModel, settings: ServeSettings, name: str | None = None,
                args: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI application serving ``model`` (``name``/``args`` are what GET /metadata reports)."""
-    service = RewardService(model, settings)
+    service = RewardService(model, settings.max_batch, settings.max_wait_ms, settings.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
