@@ -18,7 +18,8 @@ from reward.base import StepRewardModel
 _REGISTRY: dict[str, type[StepRewardModel]] = {}
 # Built-in models live in reward/models/<module>.py; they are imported on first lookup so that
 # `import reward` stays light.
-_BUILTIN_MODULES = ("arithmetic", "verifier", "qwen_prm", "shepherd", "orm", "judge", "remote", "composite")
+_BUILTIN_MODULES = ("arithmetic", "verifier", "qwen_prm", "shepherd", "orm", "judge", "remote", "composite",
+                    "implicit_prm")
 
 
 def register(name: str) -> Callable[[type[StepRewardModel]], type[StepRewardModel]]:

@@ -99,6 +99,39 @@ def tiny_sequence_classifier(tok=None, seed: int = 0, **overrides):
     return Qwen2ForSequenceClassification(_config(tok, num_labels=1, **overrides)).eval()
 
 
+def arithmetic_requests(n: int, bits: int = 14, seed: int = 0) -> list[dict]:
+    """``n`` reward requests ``{"prompts", "responses", "references"}`` (1-3 responses each) for load tests.
+
+    Every response across all requests is different: its ``bits`` steps are arithmetic equations, step ``b``
+    right exactly when bit ``b`` of the response's running number is set, then one step without an equation.
+    So the ``arithmetic`` reward scores response ``u`` as its bits followed by 0.5, and a score delivered to
+    the wrong request or response is seen.
+
+    Example:
+        >>> r = arithmetic_requests(2, bits=3)
+        >>> [len(x["responses"]) for x in r], r[1]["responses"][0].count("\\n\\n")
+        ([1, 2], 3)
+    """
+    import random
+
+    rng = random.Random(seed)
+    out, u = [], 0
+    for i in range(n):
+        req: dict = {"prompts": [], "responses": [], "references": []}
+        for _ in range(1 + i % 3):
+            steps = []
+            for b in range(bits):
+                x, y = rng.randint(2, 999), rng.randint(2, 999)
+                steps.append(f"{x} + {y} = {x + y + (0 if (u >> b) & 1 else 1)}")
+            steps.append(f"That was response {u}.")
+            req["prompts"].append(f"Request {i}, response {u}: check the sums.")
+            req["responses"].append("\n\n".join(steps))
+            req["references"].append(None)
+            u += 1
+        out.append(req)
+    return out
+
+
 def save_tiny(model, tok, path) -> str:
     """Save a tiny model and tokenizer as an HF folder; returns the path as a string."""
     model.save_pretrained(str(path))

@@ -9,11 +9,16 @@ Anything else (connection refused, timeout, HTTP error, non-JSON body, wrong sha
 a one-line :class:`RewardError` naming the URL and the cause. Connection errors, timeouts, HTTP 429 and 5xx
 are retried ``retries`` times with exponential backoff (``backoff * 2**attempt`` seconds); other HTTP errors
 and bad bodies fail at once.
+
+``rlkit serve-reward`` (reward/serving/) is a server for this protocol. A server started with ``--token``
+wants ``Authorization: Bearer <token>``: give it as ``headers`` or, to keep the secret out of the recipe (and
+so out of the run folder's recipe.yaml), name an environment variable with ``token_env``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Sequence
 
@@ -21,6 +26,20 @@ from reward.base import RewardError, StepScores
 from reward.models._common import ResponseAwareReward, is_finite_number
 from reward.registry import register
 from reward.steps import Step, StepSplitter
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost error behind a requests/urllib3 wrapper chain (e.g. ConnectionRefusedError)."""
+    seen = {id(e)}
+    while True:
+        nxt = getattr(e, "reason", None) if isinstance(getattr(e, "reason", None), BaseException) else None
+        nxt = nxt or e.__cause__ or e.__context__
+        if nxt is None and e.args and isinstance(e.args[0], BaseException):
+            nxt = e.args[0]
+        if nxt is None or id(nxt) in seen:
+            return e
+        seen.add(id(nxt))
+        e = nxt
 
 
 @register("remote")
@@ -33,13 +52,16 @@ class RemoteReward(ResponseAwareReward):
         retries: extra attempts after a retryable failure (0 = try once).
         backoff: first retry delay in seconds; doubles on every further retry.
         batch_size: responses per request (default: all in one request).
-        headers: extra HTTP headers (e.g. an auth header read from the recipe).
+        headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer <token>"}``.
+        token_env: name of an environment variable holding a bearer token; sent as
+            ``Authorization: Bearer <value>`` (unset or empty variable: ValueError at construction).
         probabilistic: whether the server's scores are probabilities in [0, 1] (default True).
         splitter: step splitting; the server gets the step texts and the full response.
 
     Example (recipe)::
 
         reward: {name: remote, args: {url: "http://10.0.0.5:8000/score", timeout: 60, retries: 3}}
+        reward: {name: remote, args: {url: "http://10.0.0.5:8000/score", token_env: RLKIT_REWARD_TOKEN}}
 
     Example:
         >>> rm = RemoteReward("http://127.0.0.1:9/score", timeout=0.5, retries=0)
@@ -52,7 +74,7 @@ class RemoteReward(ResponseAwareReward):
 
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
                  batch_size: int | None = None, headers: dict[str, str] | None = None, probabilistic: bool = True,
-                 splitter: StepSplitter | dict | None = None) -> None:
+                 splitter: StepSplitter | dict | None = None, token_env: str | None = None) -> None:
         super().__init__(splitter)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"remote reward url must start with http:// or https://, got {url!r}")
@@ -62,6 +84,11 @@ class RemoteReward(ResponseAwareReward):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.url, self.timeout, self.retries, self.backoff = url, float(timeout), int(retries), float(backoff)
         self.batch_size, self.headers = batch_size, dict(headers or {})
+        if token_env:
+            token = os.environ.get(token_env)
+            if not token:
+                raise ValueError(f"remote reward: environment variable {token_env} (token_env) is not set")
+            self.headers["Authorization"] = f"Bearer {token}"
         self.probabilistic = bool(probabilistic)
         self.sleep = time.sleep  # swapped out in tests
 
@@ -81,8 +108,7 @@ class RemoteReward(ResponseAwareReward):
                 last = f"timed out after {self.timeout:g}s"
                 continue
             except requests.ConnectionError as e:
-                root = e.__context__ or e
-                last = f"connection failed ({type(root).__name__})"
+                last = f"connection failed ({type(_root_cause(e)).__name__})"
                 continue
             except requests.RequestException as e:
                 raise self._fail(f"request failed: {type(e).__name__}: {str(e)[:200]}") from None

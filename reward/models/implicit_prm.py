@@ -1,0 +1,230 @@
+"""``implicit-prm``: the implicit process reward of PRIME, read from a causal LM and a frozen reference.
+
+A policy-shaped model pi_phi trained only on outcome labels gives every response token the reward
+
+    r_t = beta * (log pi_phi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t))
+
+and a step's score is the sum of ``r_t`` over the step's tokens: step ``i`` owns the tokens after step
+``i - 1``'s last token up to its own last token (``reward/steps.py`` maps steps to tokens), the last step also
+owns any trailing tokens, so the step scores of a response add up to its whole reward ``sum_t r_t``. Scores are
+raw log-ratios, not probabilities (``probabilistic = False``).
+
+Training needs no step labels: :func:`outcome_loss` is the binary cross-entropy of ``sigmoid(sum_t r_t)``
+against the response's 0/1 outcome, and :meth:`ImplicitPRM.update` takes one optimizer step on it (for
+online use beside an RL run).
+
+Input layout: the chat template of [system?, user = prompt] with the generation prompt, then the response's
+own tokens (the response is tokenized alone, so its tokens are the ones the step alignment sees).
+
+Example:
+    >>> from rlkit import testing
+    >>> tok = testing.tiny_tokenizer()
+    >>> rm = ImplicitPRM(testing.tiny_causal_lm(tok, seed=1), ref_model=testing.tiny_causal_lm(tok), tokenizer=tok)
+    >>> s = rm.score(["2+2?"], ["2+2=4\\n\\nSo 4."])[0]
+    >>> len(s.scores), abs(sum(s.scores) - s.meta["response_reward"]) < 1e-6
+    (2, True)
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from reward.base import RewardError, StepScores
+from reward.batching import ForwardBatch, batched_forward, gather_positions, pad_sequences
+from reward.models._common import ResponseAwareReward
+from reward.models._hf import load_model, output_logits, pad_id_of, render_chat
+from reward.registry import register
+from reward.steps import Step, StepSplitter, step_token_spans, token_char_ends
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def outcome_loss(response_rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PRIME's implicit-PRM loss: mean binary cross-entropy of ``sigmoid(response_rewards)`` against 0/1 ``labels``.
+
+    ``response_rewards`` (B,) holds each response's summed token rewards ``beta * sum_t log(pi_phi/pi_ref)``.
+
+    Example:
+        >>> round(outcome_loss(torch.tensor([0.0, 2.0]), torch.tensor([1, 0])).item(), 4)   # (ln 2 + 2.1269) / 2
+        1.41
+    """
+    if response_rewards.shape != labels.shape:
+        raise RewardError(f"outcome_loss: {tuple(response_rewards.shape)} rewards for {tuple(labels.shape)} labels")
+    return F.binary_cross_entropy_with_logits(response_rewards, labels.to(response_rewards.dtype))
+
+
+def step_token_ranges(steps: Sequence[Step], char_ends: Sequence[int]) -> list[tuple[int, int]]:
+    """Half-open token ranges [a, b) owned by each step: from the token after the previous step's last token
+    to the step's own last token; the last step runs to the end (so the ranges cover every token once). A step
+    whose end the tokens' text never reaches runs to the end too, leaving later steps empty ranges."""
+    n = len(char_ends)
+    lasts = [n - 1 if span is None else span[1] for span in step_token_spans(steps, char_ends)]
+    out, a = [], 0
+    for i, last in enumerate(lasts):
+        b = n if i == len(lasts) - 1 else max(last + 1, a)
+        out.append((a, b))
+        a = b
+    return out
+
+
+@register("implicit-prm")
+class ImplicitPRM(ResponseAwareReward):
+    """PRIME implicit PRM: step score = beta * sum of log(pi_phi / pi_ref) over the step's tokens (raw, not a probability).
+
+    Args:
+        model: pi_phi, a causal LM (path / hub id, or a built module): the model trained on outcome labels.
+        ref_model: pi_ref, the frozen reference (path / hub id / module); default a frozen copy of ``model``
+            as built (so all rewards start at 0, as in PRIME where both start from the SFT policy).
+        tokenizer: tokenizer or path; default the model's. Both models must share it.
+        beta: the reward scale.
+        system_prompt: optional system turn before the prompt.
+        device, dtype: as for the other HF rewards (both models go to the same device).
+        max_length: longest input in tokens (default: the model's ``max_position_embeddings``, at most 4096);
+            the response is cut at the right and steps wholly beyond the cut score 0.0
+            (``meta["unscored_steps"]``).
+        token_budget, max_batch_size: batching of the scoring forwards (``reward/batching.py``).
+        optimizer, lr: what :meth:`update` steps ("adamw" or "sgd"), built on first use.
+        trust_remote_code: allow the checkpoints' own modelling code.
+        splitter: step splitting.
+
+    Example (recipe)::
+
+        reward: {name: implicit-prm, args: {model: runs/prime/prm, ref_model: Qwen/Qwen2.5-Math-1.5B-Instruct,
+                                            beta: 0.05}}
+    """
+
+    probabilistic = False
+
+    def __init__(self, model: Any, ref_model: Any = None, tokenizer: Any = None, beta: float = 0.05,
+                 system_prompt: str | None = None, device: str | None = None, dtype: str | None = "auto",
+                 max_length: int | None = None, token_budget: int | None = None, max_batch_size: int | None = None,
+                 optimizer: str = "adamw", lr: float = 1e-6, trust_remote_code: bool = False,
+                 splitter: StepSplitter | dict | None = None) -> None:
+        super().__init__(splitter)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r} (allowed: {', '.join(OPTIMIZERS)})")
+        if not beta > 0 or not lr > 0:
+            raise ValueError(f"implicit-prm needs beta > 0 and lr > 0, got beta={beta}, lr={lr}")
+        self.model, self.tokenizer = load_model(model, "causal-lm", tokenizer=tokenizer, device=device, dtype=dtype,
+                                                trust_remote_code=trust_remote_code)
+        self.device = next(self.model.parameters()).device
+        if ref_model is None:
+            self.ref_model = copy.deepcopy(self.model)
+        else:
+            self.ref_model, _ = load_model(ref_model, "causal-lm", tokenizer=self.tokenizer, device=self.device,
+                                           dtype=dtype, trust_remote_code=trust_remote_code)
+        self.ref_model.requires_grad_(False)
+        vocab = [m.get_output_embeddings().weight.shape[0] for m in (self.model, self.ref_model)
+                 if hasattr(m, "get_output_embeddings") and m.get_output_embeddings() is not None]
+        if len(set(vocab)) > 1:
+            raise RewardError(f"implicit-prm: model and ref_model have different vocabularies ({vocab[0]} vs "
+                              f"{vocab[1]} tokens); they must share the tokenizer")
+        self.beta, self.system_prompt = float(beta), system_prompt
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None) or 4096
+        self.max_length = int(max_length) if max_length else min(int(limit), 4096)
+        self.token_budget, self.max_batch_size = token_budget, max_batch_size
+        self.pad_token_id = pad_id_of(self.tokenizer, self.model)
+        self.optimizer_name, self.lr = optimizer, float(lr)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the chat prefix (system?, user = prompt, then the assistant turn's opening)."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.encode(render_chat(self.tokenizer, messages, add_generation_prompt=True),
+                                     add_special_tokens=False)
+
+    def encode(self, prompt: str, response: str) -> tuple[list[int], int, list[int]]:
+        """(input ids cut to ``max_length``, index of the first response token, all response token ids)."""
+        head = self.prompt_ids(prompt)
+        if len(head) >= self.max_length:
+            raise RewardError(f"implicit-prm: the prompt alone is {len(head)} tokens >= max_length {self.max_length}")
+        resp = self.tokenizer.encode(response, add_special_tokens=False)
+        return (head + resp)[: self.max_length], len(head), resp
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def token_log_ratios(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[float], list[int]]]:
+        """Per response: log(pi_phi/pi_ref) of each kept response token (no beta), and all its token ids."""
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        seqs = [ids for ids, _, _ in encoded]
+        positions = [list(range(start, len(ids))) for ids, start, _ in encoded]
+        kw = dict(pad_token_id=self.pad_token_id, device=self.device, token_budget=self.token_budget,
+                  max_batch_size=self.max_batch_size, positions=positions)
+        phi = batched_forward(self.model, seqs, _log_prob_reducer, **kw)
+        ref = batched_forward(self.ref_model, seqs, _log_prob_reducer, **kw)
+        return [([a - b for a, b in zip(p or [], q or [])], resp) for p, q, (_, _, resp) in zip(phi, ref, encoded)]
+
+    def score_responses(self, prompts: Sequence[str], responses: Sequence[str], steps: Sequence[Sequence[Step]],
+                        references: Sequence[str | None] | None = None) -> list[StepScores]:
+        if len(prompts) != len(responses):
+            raise RewardError(f"{len(prompts)} prompts for {len(responses)} responses")
+        ratios = self.token_log_ratios(prompts, responses)
+        out = []
+        for resp, st, (lr, resp_ids) in zip(responses, steps, ratios):
+            ranges = step_token_ranges(st, token_char_ends(self.tokenizer, resp_ids, resp))
+            scores = [self.beta * sum(lr[a:b]) for a, b in ranges]
+            unscored = sum(1 for a, b in ranges if a >= len(lr) and b > a)
+            meta = {"response_reward": self.beta * sum(lr), "response_tokens": len(resp_ids),
+                    "unscored_steps": unscored}
+            out.append(StepScores(list(st), scores, meta=meta))
+        return out
+
+    # ------------------------------------------------------------------------------------------ training
+    def response_rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """(B,) ``beta * sum_t log(pi_phi/pi_ref)`` per response, differentiable through pi_phi (one padded forward)."""
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        ids, mask = pad_sequences([e[0] for e in encoded], self.pad_token_id, "right")
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        response = torch.zeros_like(mask, dtype=torch.bool)
+        for row, (seq, start, _) in enumerate(encoded):
+            response[row, start:len(seq)] = True
+        phi = _token_log_probs(output_logits(self.model(input_ids=ids, attention_mask=mask)), ids)
+        with torch.no_grad():
+            ref = _token_log_probs(output_logits(self.ref_model(input_ids=ids, attention_mask=mask)), ids)
+        return self.beta * ((phi - ref) * response).sum(dim=1)
+
+    def update(self, batch: dict[str, Sequence[Any]]) -> dict[str, float]:
+        """One optimizer step on :func:`outcome_loss` for ``{"prompts", "responses", "labels" (0/1)}``.
+
+        Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses whose reward sign matches
+        the label, before the step). The model is in train mode during the step, as it was afterwards.
+        """
+        prompts, responses, labels = (list(batch.get(k) or []) for k in ("prompts", "responses", "labels"))
+        if not responses or len(prompts) != len(responses) or len(labels) != len(responses):
+            raise RewardError(f"implicit-prm update needs equally many prompts, responses and labels, got "
+                              f"{len(prompts)}, {len(responses)}, {len(labels)}")
+        if any(y not in (0, 1, True, False, 0.0, 1.0) for y in labels):
+            raise RewardError(f"implicit-prm update: labels must be 0 or 1, got {labels}")
+        if self.optimizer is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.SGD
+            self.optimizer = cls(params, lr=self.lr)
+        was_training = self.model.training
+        self.model.train()
+        try:
+            y = torch.tensor([float(v) for v in labels], device=self.device)
+            rewards = self.response_rewards(prompts, responses)
+            loss = outcome_loss(rewards.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        finally:
+            self.model.train(was_training)
+        acc = ((rewards.detach() > 0).float() == y).float().mean()
+        return {"loss": float(loss.detach()), "reward_mean": float(rewards.detach().mean()), "accuracy": float(acc)}
+
+
+def _token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, T): entry t is log p(ids[t] | ids[<t]); entry 0 (no context) is 0."""
+    logits = logits.float()
+    lp = logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) - logits[:, :-1].logsumexp(dim=-1)
+    return F.pad(lp, (1, 0))
+
+
+def _log_prob_reducer(b: ForwardBatch) -> list[list[float]]:
+    return gather_positions(_token_log_probs(b.logits, b.input_ids), b.select)
