@@ -24,6 +24,7 @@ from rlkit.trainers.orm_config import ListwiseRMConfig
 from rlkit.trainers.ppo_config import PRMPPOConfig
 from rlkit.trainers.prm_config import PRMTrainConfig, validate_prm_recipe
 from rlkit.trainers.prm_pipeline_config import PRMPipelineConfig, validate_pipeline_recipe
+from rlkit.trainers.sft_config import SFTConfig
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ register(Algorithm("grpo", GRPOConfig, "rlkit.trainers.grpo_runner:run_grpo",
                    accepts_trainer_cls=True))
 register(Algorithm("ppo", PRMPPOConfig, "rlkit.trainers.ppo_runner:run_ppo",
                    "PPO with a critic, GAE over PRM step-end rewards", uses_reward=True, supports_peft=True,
+                   accepts_trainer_cls=True))
+register(Algorithm("sft", SFTConfig, "rlkit.trainers.sft_runner:run_sft",
+                   "supervised fine-tuning on worked solutions (loss on the completion)", supports_peft=True,
                    accepts_trainer_cls=True))
 register(Algorithm("prm", PRMTrainConfig, "rlkit.trainers.prm_trainer:train_prm",
                    "train a PRM (Qwen2.5-Math-PRM layout) on labelled steps", validate=validate_prm_recipe))

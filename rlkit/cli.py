@@ -39,8 +39,10 @@ def _load(args):
 
 def cmd_check(args) -> int:
     recipe = _load(args)
-    print(f"{args.recipe}: ok ({recipe.algorithm.name}, reward {recipe.reward.name}, "
-          f"credit {recipe.algorithm.credit}, distribution {recipe.distribution})")
+    parts = [recipe.algorithm.name, f"reward {recipe.reward.name}"]
+    if recipe.algorithm.name == "grpo":  # the only algorithm whose credit mode the recipe chooses
+        parts.append(f"credit {recipe.algorithm.credit}")
+    print(f"{args.recipe}: ok ({', '.join(parts)}, distribution {recipe.distribution})")
     return 0
 
 

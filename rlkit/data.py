@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,23 @@ def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 BUILTIN_DATASETS = {"arithmetic": arithmetic_problems}
+
+
+def worked_solution(answer: str) -> str:
+    r"""A reference answer as the worked solution the policy is asked to write (the SFT target): its steps one
+    per paragraph (GSM8K calculator annotations ``<<48/2=24>>`` dropped), then ``The answer is N.``.
+
+    Example:
+        >>> worked_solution("2 * 3 = 6\n4 + 6 = 10\n#### 10")
+        '2 * 3 = 6\n\n4 + 6 = 10\n\nThe answer is 10.'
+    """
+    body, found, final = answer.rpartition("####")
+    if not found:
+        body, final = answer, ""
+    steps = [re.sub(r"<<[^>]*>>", "", ln).strip() for ln in body.splitlines()]
+    steps = [s for s in steps if s]
+    final = final.strip()
+    return "\n\n".join(steps + ([f"The answer is {final}."] if final else []))
 
 
 class DataError(ValueError):

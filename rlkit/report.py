@@ -113,8 +113,12 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
     plotted = plot_curves(log_history, out / "training.png")
     algo = recipe.algorithm
     train = recipe.training or {}
-    credit = (f"GAE over step-end rewards (gamma {train.get('gamma', 1.0)}, lambda {train.get('lam', 0.95)})"
-              if algo.name == "ppo" else f"`{algo.credit}`")
+    if algo.name == "ppo":
+        credit = f"GAE over step-end rewards (gamma {train.get('gamma', 1.0)}, lambda {train.get('lam', 0.95)})"
+    elif algo.name == "sft":
+        credit = "none (supervised: loss on the completion)"
+    else:
+        credit = f"`{algo.credit}`"
     lines = [f"# {recipe.name}", "", recipe.description.strip(), "",
              f"- model: `{recipe.model}`; reward: `{recipe.reward.name}`; algorithm: `{algo.name}`; credit: {credit};"
              f" optimizer: `{recipe.optimizer.name}`; distribution: `{recipe.distribution}`",

@@ -2,7 +2,8 @@
 
 Before one function built the optimizer block (``rlkit.trainers.common.optimizer_block``), prm and orm recipes
 handed ``{"name", "args": {...}}`` to ``build_optimizer``, which refused the key ``args`` at train time although
-``rlkit check`` had passed; and ``algorithm: sft`` passed ``rlkit check`` and then raised NotImplementedError.
+``rlkit check`` had passed; and ``algorithm: sft`` passed ``rlkit check`` and then raised NotImplementedError
+(it now exists and is one of the cases).
 Each run here reads ``run_info.json`` for the optimizer the Trainer (or DeepSpeed) really stepped.
 """
 
@@ -43,11 +44,13 @@ def _recipe(algo: str, tmp_path: Path, policy: str) -> dict:
         "prm": {"train": _jsonl(tmp_path / "prm.jsonl", synthetic_records(8, seed=1))},
         "orm": {"train": _jsonl(tmp_path / "orm.jsonl", synthetic_groups(4, seed=1)), "num_eval": 0},
         "critique": {"train": _jsonl(tmp_path / "crit.jsonl", labelled(8, seed=1)), "num_eval": 0},
+        "sft": {"train": "builtin:arithmetic", "num_train": 4, "num_eval": 0},
     }[algo]
     training = {
         "grpo": rl, "ppo": rl, "prm": classifier, "orm": {**classifier, "max_length": 64},
         "critique": {**classifier, "feedback": "template", "sft_max_steps": 1, "sft_per_device_train_batch_size": 4,
                      "sft_max_length": 256, "stage2": "prm", "stage2_max_length": 256},
+        "sft": {**classifier, "max_length": 256},
     }[algo]
     return {"name": f"every_{algo}", "model": policy, "algorithm": {"name": algo}, "data": data,
             "training": training, "optimizer": {"name": "ondare", "args": {"p": 0.5, "alpha": 1e-3,
@@ -55,7 +58,7 @@ def _recipe(algo: str, tmp_path: Path, policy: str) -> dict:
 
 
 RUN_INFO = {"grpo": "run_info.json", "ppo": "run_info.json", "prm": "run_info.json", "orm": "run_info.json",
-            "critique": "stage2/run_info.json", "prm_pipeline": "prm/run_info.json"}
+            "critique": "stage2/run_info.json", "prm_pipeline": "prm/run_info.json", "sft": "run_info.json"}
 
 
 def test_every_accepted_algorithm_has_a_case_here():
@@ -81,9 +84,9 @@ def test_algorithm_runs_one_step_with_ondare(algo, tmp_path, tiny_dirs):
     assert info["global_step"] >= 1 and info["optimizer_steps"] == info["global_step"], info
 
 
-def test_sft_is_refused_by_check_until_it_exists():
-    with pytest.raises(RecipeError, match="algorithm.name: unknown value 'sft'"):
-        recipe_from_dict({"algorithm": {"name": "sft"}})
+def test_an_unknown_algorithm_is_refused_by_check():
+    with pytest.raises(RecipeError, match="algorithm.name: unknown value 'dpo'"):
+        recipe_from_dict({"algorithm": {"name": "dpo"}})
 
 
 def test_a_bad_optimizer_block_fails_at_check_not_at_train_time(tiny_dirs):

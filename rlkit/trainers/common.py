@@ -94,8 +94,9 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
 def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
     """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
     with single_rank_hf():
+        max_new_tokens = getattr(trainer, "eval_max_new_tokens", None) or trainer.args.max_completion_length
         return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
-                                      max_new_tokens=trainer.args.max_completion_length, label=label)
+                                      max_new_tokens=max_new_tokens, label=label)
 
 
 def run_info(trainer) -> dict:
@@ -129,7 +130,7 @@ def write_run_info(trainer, run_dir: Path) -> None:
 
 
 def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
-    """The RL run every recipe runner shares: held-out evaluation before, train (resuming from
+    """The policy run every RL/SFT recipe runner shares: held-out evaluation before, train (resuming from
     ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
     ``metrics.json`` and ``run_info.json`` (main process only)."""
     _, eval_ds = load_datasets(recipe)
