@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from reward.base import RewardError
 from reward.registry import available, get_reward_class
 from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes, yaml_load
 from rlkit.data import DataError
+from rlkit.distributed import accelerate_command, machine_launch
 from rlkit.launch import train
 from rlkit.models import ModelError
 
@@ -46,9 +49,35 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _machine(args, recipe):
+    try:
+        return machine_launch(recipe, args.machine_rank, args.main_process_ip, args.main_process_port)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+def print_launch(args, recipe) -> None:
+    """Each machine's command (and the accelerate command it runs), without running anything."""
+    n = recipe.machines.num_machines
+    if recipe.distribution == "none":
+        print(f"# {args.recipe}: distribution none: runs in the `rlkit train` process itself")
+        return
+    run_dir = Path(args.run_dir or f"<{recipe.output_dir}/{recipe.name}-TIME>")
+    sets = "".join(f" --set {shlex.quote(s)}" for s in args.set)
+    for rank in range(n):
+        machine = machine_launch(recipe, rank, args.main_process_ip, args.main_process_port) if n > 1 else None
+        node = f" --run-dir {shlex.quote(str(run_dir))} --machine-rank {rank}" if n > 1 else ""
+        print(f"# machine {rank} of {n}: rlkit train {shlex.quote(args.recipe)}{sets}{node}")
+        print(shlex.join(accelerate_command(recipe, run_dir, machine)))
+
+
 def cmd_train(args) -> int:
     recipe = _load(args)  # every check happens here, before any folder or model exists
-    run_dir = train(recipe, args.output_dir)
+    machine = _machine(args, recipe)
+    if args.print_launch:
+        print_launch(args, recipe)
+        return 0
+    run_dir = train(recipe, args.output_dir, run_dir=args.run_dir, machine=machine)
     print(f"rlkit: run finished: {run_dir}")
     report = run_dir / "report" / "index.md"
     if report.is_file():
@@ -85,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a recipe value (repeatable), e.g. --set training.max_steps=5")
         if name == "train":
             sp.add_argument("--output-dir", default=None, help="parent folder of the run folder (default: recipe)")
+            sp.add_argument("--run-dir", default=None,
+                            help="the run folder itself (created if needed); a multi-machine run needs the same "
+                                 "shared folder on every machine")
+            sp.add_argument("--machine-rank", type=int, default=None,
+                            help="this machine's rank in a multi-machine run (default: MACHINE_RANK, NODE_RANK, "
+                                 "SLURM_NODEID, else 0)")
+            sp.add_argument("--main-process-ip", default=None, help="the rank-0 machine's address (multi-machine)")
+            sp.add_argument("--main-process-port", type=int, default=None, help="its port (multi-machine)")
+            sp.add_argument("--print-launch", action="store_true",
+                            help="print every machine's command and the accelerate command it runs; run nothing")
         sp.set_defaults(func=fn)
     sub.add_parser("recipes", help="list shipped recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("rewards", help="list registered reward models").set_defaults(func=cmd_rewards)

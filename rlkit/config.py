@@ -35,6 +35,7 @@ from rlkit.recipe import (
     AlgorithmConfig,
     DataConfig,
     GenerationConfig,
+    MachinesConfig,
     OptimizerConfig,
     PeftConfig,
     Recipe,
@@ -49,7 +50,7 @@ from rlkit.vllm_support import vllm_problem
 
 __all__ = ["load_recipe", "recipe_from_dict", "validate", "resolve_recipe_path", "shipped_recipes", "RECIPES_DIR",
            "Recipe", "RecipeError", "DataConfig", "RewardConfig", "AlgorithmConfig", "OptimizerConfig",
-           "GenerationConfig", "PeftConfig", "apply_overrides", "yaml_load", "trainer_config_class"]
+           "GenerationConfig", "PeftConfig", "MachinesConfig", "apply_overrides", "yaml_load", "trainer_config_class"]
 
 DISTRIBUTIONS = ("none", "zero2", "zero3")
 BACKENDS = ("hf", "vllm")
@@ -195,6 +196,14 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
             raise RecipeError(problem)
     if recipe.num_processes < 1:
         raise RecipeError(f"num_processes: must be >= 1, got {recipe.num_processes}")
+    machines = recipe.machines
+    if machines.num_machines < 1:
+        raise RecipeError(f"machines.num_machines: must be >= 1, got {machines.num_machines}")
+    if not 0 < machines.main_process_port < 65536:
+        raise RecipeError(f"machines.main_process_port: not a port number: {machines.main_process_port}")
+    if machines.num_machines > 1 and (recipe.distribution == "none" or algorithm.own_workers):
+        raise RecipeError(f"machines.num_machines: {machines.num_machines} machines need distribution: zero2 or "
+                          f"zero3{' and an algorithm other than ' + algorithm.name if algorithm.own_workers else ''}")
     _choice(recipe.optimizer.name, OPTIMIZER_NAMES, "optimizer.name")
     try:
         check_optimizer_cfg({"name": recipe.optimizer.name, **recipe.optimizer.args})

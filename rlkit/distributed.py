@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 import yaml
 from transformers.integrations import deepspeed as hf_ds
 
+from reward.labeling.io import atomic_write_text
 from rlkit.recipe import Recipe
 
 RECIPE_FILE = "recipe.yaml"
@@ -52,22 +54,62 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def write_run_files(recipe: Recipe, run_dir: Path) -> None:
-    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    """``recipe.yaml`` (+ ``deepspeed.json``) in the run folder, each written atomically: on a shared folder
+    every machine of a multi-machine run writes the same files, and none may read a half-written one."""
+    atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if recipe.distribution != "none":
-        (run_dir / "deepspeed.json").write_text(json.dumps(deepspeed_config(recipe), indent=2))
+        atomic_write_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(recipe), indent=2))
 
 
-def accelerate_command(recipe: Recipe, run_dir: Path) -> list[str]:
-    """The ``accelerate launch`` command line that runs the workers of a distributed recipe."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(recipe.num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+@dataclass
+class MachineLaunch:
+    """Where this machine stands in a multi-machine run (see ``rlkit.recipe.MachinesConfig``)."""
+
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
+
+
+def machine_launch(recipe: Recipe, machine_rank: int | None = None, main_process_ip: str | None = None,
+                   main_process_port: int | None = None) -> MachineLaunch:
+    """This machine's launch settings: arguments first, then the environment the usual launchers set
+    (``MACHINE_RANK``/``NODE_RANK``/``SLURM_NODEID``, ``MASTER_ADDR``, ``MASTER_PORT``), then the recipe.
+    Raises ValueError (one line) for a rank out of range or a missing rank-0 address."""
+    m = recipe.machines
+    if machine_rank is None:
+        env = next((os.environ[k] for k in ("MACHINE_RANK", "NODE_RANK", "SLURM_NODEID") if k in os.environ), "0")
+        machine_rank = int(env)
+    ip = main_process_ip or os.environ.get("MASTER_ADDR") or m.main_process_ip
+    port = int(main_process_port or os.environ.get("MASTER_PORT") or m.main_process_port)
+    if not 0 <= machine_rank < m.num_machines:
+        raise ValueError(f"machine rank {machine_rank} is outside 0..{m.num_machines - 1} (machines.num_machines)")
+    if m.num_machines > 1 and not ip:
+        raise ValueError("machines.main_process_ip: a multi-machine run needs the rank-0 machine's address "
+                         "(recipe, --main-process-ip or MASTER_ADDR)")
+    return MachineLaunch(machine_rank, ip, port)
+
+
+def accelerate_command(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None = None) -> list[str]:
+    """The ``accelerate launch`` command line that runs this machine's workers of a distributed recipe
+    (``num_processes`` per machine; with ``machines.num_machines > 1`` the multi-node flags and DeepSpeed's
+    standard launcher, which runs torchrun on every machine instead of pdsh/ssh from one)."""
+    n_machines = recipe.machines.num_machines
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--num_processes", str(recipe.num_processes * n_machines), "--num_machines", str(n_machines),
+           "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if n_machines > 1:
+        machine = machine or machine_launch(recipe)
+        cmd += ["--machine_rank", str(machine.machine_rank), "--main_process_ip", str(machine.main_process_ip),
+                "--main_process_port", str(machine.main_process_port)]
     if recipe.distribution != "none":
         cmd += ["--use_deepspeed", "--deepspeed_config_file", str(run_dir / "deepspeed.json")]
+        if n_machines > 1:
+            cmd += ["--deepspeed_multinode_launcher", "standard"]
     cmd += ["-m", "rlkit.launch", str(run_dir)]
     return cmd
 
 
-def launch_workers(recipe: Recipe, run_dir: Path) -> None:
+def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None = None) -> None:
     """Start ``recipe.num_processes`` workers on ``run_dir`` (which holds ``recipe.yaml`` and
     ``deepspeed.json``, see :func:`write_run_files`) through ``accelerate launch`` and wait for them.
 
@@ -77,7 +119,7 @@ def launch_workers(recipe: Recipe, run_dir: Path) -> None:
     if not cuda_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
-    proc = subprocess.run(accelerate_command(recipe, run_dir), env=env)
+    proc = subprocess.run(accelerate_command(recipe, run_dir, machine), env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"distributed run failed with exit code {proc.returncode} (the workers' errors are "
                            f"printed above); run folder {run_dir}")

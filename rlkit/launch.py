@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from rlkit.algorithms import get_algorithm
 from rlkit.config import recipe_from_dict
-from rlkit.distributed import RECIPE_FILE, cuda_available, launch_workers, write_run_files
+from rlkit.distributed import RECIPE_FILE, MachineLaunch, cuda_available, launch_workers, write_run_files
 from rlkit.recipe import Recipe, yaml_load
 
 
@@ -39,13 +39,22 @@ def new_run_dir(recipe: Recipe, output_dir: str | None = None) -> Path:
     return run_dir
 
 
-def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | None = None) -> Path:
+def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | None = None,
+          run_dir: str | Path | None = None, machine: MachineLaunch | None = None) -> Path:
     """Run a recipe end to end; returns the run folder. Raises on failure (the folder keeps the logs).
 
     ``trainer_cls``: a subclass of the algorithm's trainer to use instead (in-process runs; for multi-process
     runs put the subclass in your own script and start it with ``accelerate launch``).
+    ``run_dir``: use this folder (created if needed) instead of a new ``<output_dir>/<name>-<time>``; a
+    multi-machine run needs it, the same shared path on every machine, with ``machine`` this machine's rank.
     """
-    run_dir = new_run_dir(recipe, output_dir)
+    if recipe.machines.num_machines > 1 and run_dir is None:
+        raise ValueError("a multi-machine run needs --run-dir: the same shared folder on every machine")
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(recipe, output_dir)
     write_run_files(recipe, run_dir)
     # the PRM pipeline samples and labels in this process and starts workers for its training stage only
     if recipe.distribution == "none" or get_algorithm(recipe.algorithm.name).own_workers:
@@ -59,7 +68,7 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
         raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
                          "distributed runs")
     try:
-        launch_workers(recipe, run_dir)
+        launch_workers(recipe, run_dir, machine)
     except RuntimeError as e:
         mark_failed(run_dir, str(e))
         raise

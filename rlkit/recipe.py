@@ -118,6 +118,20 @@ class PeftConfig:
 
 
 @dataclass
+class MachinesConfig:
+    """Runs over several machines (``distribution: zero2|zero3``): one ``rlkit train RECIPE --run-dir DIR
+    --machine-rank R`` per machine, each starting ``num_processes`` workers (``num_processes`` is per machine)
+    through ``accelerate launch`` with DeepSpeed's standard (torchrun) multi-node launcher. ``main_process_ip``
+    / ``main_process_port``: the rank-0 machine's address (also from ``--main-process-ip`` or ``MASTER_ADDR``
+    / ``MASTER_PORT``). ``rlkit train RECIPE --print-launch`` prints every machine's command.
+    """
+
+    num_machines: int = 1
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
+
+
+@dataclass
 class Recipe:
     """A whole training run. See docs/recipes.md for every key."""
 
@@ -132,6 +146,7 @@ class Recipe:
     peft: PeftConfig | None = None
     distribution: str = "none"
     num_processes: int = 2
+    machines: MachinesConfig = field(default_factory=MachinesConfig)
     training: dict[str, Any] = field(default_factory=dict)
     output_dir: str = "runs"
     seed: int = 42

@@ -279,7 +279,9 @@ def test_lora_policy_resume_gives_the_same_next_step_losses(tok, tmp_path, tiny_
     for key, n in (("loss", 2), ("value_loss", 2), ("ppo/kl", 1)):  # KL is logged once per rollout (2 steps)
         ref, got = losses(full, key), losses(resumed, key)
         assert len(ref) == n and got == pytest.approx(ref, abs=1e-5), (key, ref, got)
-    assert losses(full, "ppo/kl")[0] > 0  # the adapter had moved the policy away from the base by step 3
+    # the adapter had moved the policy away from the base by step 3: the sampled log-ratio (the k1 estimate of
+    # KL, which can come out negative on a few samples) is no longer 0
+    assert abs(losses(full, "ppo/kl")[0]) > 1e-6
     lora = {n: p for n, p in full.model.named_parameters() if "lora_" in n}
     assert lora
     for n, p in resumed.model.named_parameters():
