@@ -190,10 +190,11 @@ class FixedPolicy:
     """Always the same continuation; records the tokens it returned."""
 
     def __init__(self, text, finish, tokens=3):
-        self.cont, self.tokens, self.calls = Continuation(text, tokens, finish), 0, 0
+        self.cont, self.tokens, self.calls, self.prefixes = Continuation(text, tokens, finish), 0, 0, []
 
     def generate(self, prefixes, n, stop=None, max_new_tokens=128):
         self.calls += 1
+        self.prefixes.append(list(prefixes))
         self.tokens += len(prefixes) * n * self.cont.tokens
         return [[self.cont] * n for _ in prefixes]
 
@@ -210,10 +211,20 @@ def test_bad_policies_end_at_the_caps_never_hang():
     forever = FixedPolicy("1 + 1 = 2", "stop")
     (o,) = beam_search([P1], forever, TablePRM({"1 + 1 = 2": 1.0}), s)
     assert {(b.text.count("1 + 1 = 2"), b.done) for b in o.finals} == {(3, "step_cap")} and forever.calls == 3
-    # never a separator: the step reaches its token cap and ends the beam after one round
-    rambling = FixedPolicy("and so on and so on", "length", tokens=16)
-    (o,) = dvts([P1], rambling, TablePRM({"and so on and so on": 0.5}), s)
-    assert {b.done for b in o.finals} == {"length"} and o.samples_per_round == [4] and o.tokens == 4 * 16
+    assert forever.prefixes[2] == ["<q1>1 + 1 = 2\n\n1 + 1 = 2\n\n"] * 2
+    # never a separator: each round continues the open step where the step token cap cut it, until the step cap
+    rambling = FixedPolicy("and so on ", "length", tokens=16)
+    table = {"and so on": 0.5, "and so on and so on": 0.5, "and so on and so on and so on": 0.5}
+    prm = TablePRM(table)
+    (o,) = dvts([P1], rambling, prm, s)
+    assert {(b.text, b.steps, b.done, b.open_step) for b in o.finals} == {
+        ("and so on and so on and so on ", 3, "step_cap", True)}
+    assert o.samples_per_round == [4, 4, 4] and o.tokens == rambling.tokens == 12 * 16 and prm.batches == [4, 4, 4]
+    assert rambling.prefixes[1:] == [["<q1>and so on "] * 2, ["<q1>and so on and so on "] * 2]  # no separator added
+    # ... or until the path reaches the solution token cap
+    (o,) = dvts([P1], FixedPolicy("and so on ", "length", tokens=16), TablePRM(table),
+                SearchSettings(budget=4, beam_width=2, max_step_tokens=16, max_tokens=32))
+    assert {(b.steps, b.done) for b in o.finals} == {(2, "length")} and o.tokens == 8 * 16
     # a path reaching max_tokens ends as well
     (o,) = beam_search([P1], FixedPolicy("1 + 1 = 2", "stop", tokens=5),
                        TablePRM({"1 + 1 = 2": 1.0}), SearchSettings(budget=4, beam_width=2, max_tokens=10))

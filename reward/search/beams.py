@@ -12,10 +12,12 @@ its weakest step; ``last``, ``product``, ``mean`` as in ``reward.base.aggregate`
 0. The PRM sees the problem's question and the steps so far, never the reference answer.
 
 A beam ends (``Beam.done``) when its continuation hit EOS (``eos``), its new step states the final answer
-(``answer``: \\boxed{}, ``####`` or "the answer is", with ``stop_at_answer``), a step reached
-``max_step_tokens`` without a separator or the path reached ``max_tokens`` (``length``), or it is still open
-after ``max_steps`` rounds (``step_cap``). An empty step (only whitespace before the separator) adds nothing
-to the text but costs its tokens and one round, so a policy stuck on blank lines ends at the step cap.
+(``answer``: \\boxed{}, ``####`` or "the answer is", with ``stop_at_answer``), its path reached ``max_tokens``
+(``length``), or it is still open after ``max_steps`` rounds (``step_cap``). A continuation that reaches
+``max_step_tokens`` without a separator leaves its step open: the next round continues that step where it
+was cut (no separator is inserted; the PRM meanwhile scores the partial step), so a policy that never writes a
+separator ends at the step cap or the token cap. An empty step (only whitespace before the separator) adds
+nothing to the text but costs its tokens and one round, so a policy stuck on blank lines ends at the step cap.
 
 Example:
     >>> s = SearchSettings(budget=16, beam_width=4)
@@ -71,7 +73,8 @@ class Beam:
     """One partial or finished solution of problem ``problem``.
 
     ``text``: the steps so far joined by the separator. ``steps``: rounds it went through (empty steps
-    included). ``tokens``: tokens generated along this path. ``step_texts``/``scores``: the PRM's steps and
+    included). ``open_step``: the last step was cut by ``max_step_tokens`` and goes on in the next round.
+    ``tokens``: tokens generated along this path. ``step_texts``/``scores``: the PRM's steps and
     their scores; ``score``: their aggregation. ``done``: why it ended, None while open. ``subtree``: which
     slice of the first round's samples it descends from (DVTS's subtree; for Best-of-N the sample index).
     """
@@ -79,6 +82,7 @@ class Beam:
     problem: int
     text: str = ""
     steps: int = 0
+    open_step: bool = False
     tokens: int = 0
     step_texts: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -135,20 +139,35 @@ def score_beams(beams: Sequence[Beam], problems: Sequence[Problem], prm: StepRew
             b.score = aggregate(b.scores, settings.aggregation)
 
 
+def prefix(problem: Problem, beam: Beam, sep: str) -> str:
+    """What the generator continues for ``beam``: the prompt, the steps so far, and a separator unless the
+    last step is still open."""
+    if not beam.text:
+        return problem.prompt
+    return problem.prompt + beam.text + ("" if beam.open_step else sep)
+
+
 def grow(parent: Beam, cont: Continuation, sep: str, settings: SearchSettings, subtree: int) -> Beam:
-    """The partial solution ``parent`` plus the step ``cont`` wrote (cut at the separator)."""
-    step = cont.text.split(sep, 1)[0].strip()
-    text = parent.text + (sep if parent.text and step else "") + step
+    """The partial solution ``parent`` plus what ``cont`` wrote (cut at the separator): a new step, or more
+    of the open one."""
+    piece = cont.text.split(sep, 1)[0]
+    is_open = cont.finish == "length"
+    if parent.open_step:
+        text = parent.text + (piece if is_open else piece.rstrip())
+    else:
+        piece = piece.lstrip() if is_open else piece.strip()
+        text = parent.text + (sep if parent.text and piece else "") + piece
+    last_step = text.rsplit(sep, 1)[-1]
     tokens = parent.tokens + cont.tokens
     done = None
     if cont.finish == "eos":
         done = "eos"
-    elif settings.stop_at_answer and step and stated_answer(step) is not None:
+    elif settings.stop_at_answer and not is_open and piece.strip() and stated_answer(last_step) is not None:
         done = "answer"
-    elif cont.finish == "length" or tokens >= settings.max_tokens:
+    elif tokens >= settings.max_tokens:
         done = "length"
-    return Beam(problem=parent.problem, text=text, steps=parent.steps + 1, tokens=tokens, done=done,
-                subtree=subtree)
+    return Beam(problem=parent.problem, text=text, steps=parent.steps + 1, open_step=is_open and bool(text),
+                tokens=tokens, done=done, subtree=subtree)
 
 
 def step_search(problems: Sequence[Problem], generator: Generator, prm: StepRewardModel, settings: SearchSettings,
@@ -163,7 +182,7 @@ def step_search(problems: Sequence[Problem], generator: Generator, prm: StepRewa
         if not active:
             break
         n = settings.budget if r == 0 else settings.beam_width
-        prefixes = [problems[b.problem].prompt + (b.text + sep if b.text else "") for b in active]
+        prefixes = [prefix(problems[b.problem], b, sep) for b in active]
         conts = generator.generate(prefixes, n, stop=sep, max_new_tokens=settings.max_step_tokens)
         check_continuations(conts, len(prefixes), n)
         per_problem = [0] * len(problems)
