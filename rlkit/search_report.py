@@ -1,4 +1,5 @@
-"""The ``rlkit search`` report folder: ``results.json``, ``accuracy.png`` and ``index.html``.
+"""The ``rlkit search`` report folder: ``results.json``, ``accuracy.png``, ``index.html`` and
+``solutions.jsonl`` (per run and problem: the chosen solution, whether it is right, the compute spent).
 
 The folder is written under a temporary name and renamed when complete (``reward.evaluation.report``), so
 it is never half-written.
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from reward.evaluation.report import _plt, _publish, _tmpdir
-from reward.models.verifier import is_correct, reference_answer
+from reward.models.verifier import extract_answer, is_correct, reference_answer
 from reward.search.beams import ranked
 from reward.search.generator import Problem
 from rlkit.report import html_page, samples_html
@@ -75,11 +76,25 @@ def _samples(method: str, budget: int, seed: int, outcomes, problems: Sequence[P
                          "accuracy": accuracy, "n": len(problems), "samples": samples}, limit=show)
 
 
+def _solutions(result: Mapping[str, Any], problems: Sequence[Problem]):
+    for (method, budget, seed), outcomes in result["outcomes"].items():
+        for i, (o, p) in enumerate(zip(outcomes, problems)):
+            best = ranked(o.finals)[0]
+            yield {"method": method, "budget": budget, "seed": seed, "problem": i,
+                   "reference": reference_answer(p.reference) if p.reference else None,
+                   "answer": extract_answer(best.text),
+                   "correct": bool(p.reference) and is_correct(best.text, p.reference),
+                   "score": best.score, "text": best.text, "scores": best.scores, "tokens": o.tokens,
+                   "samples": o.samples, "ends": [b.done for b in o.finals]}
+
+
 def write_search_report(out_dir: str | os.PathLike, result: Mapping[str, Any], problems: Sequence[Problem],
                         config: Mapping[str, Any], show: int = 3) -> Path:
-    """``results.json`` (config and one row per method x budget), ``accuracy.png`` (accuracy vs budget) and
+    """``results.json`` (config and one row per method x budget), ``accuracy.png`` (accuracy vs budget),
     ``index.html`` (the table, the plot, and the chosen solutions of the first ``show`` problems with their
-    step scores, per method at the largest budget)."""
+    step scores, per method at the largest budget) and ``solutions.jsonl`` (one line per method x budget x
+    seed x problem: the top-scored final solution, its answer and correctness, tokens and samples spent, and
+    why each final solution ended)."""
     out = Path(out_dir)
     tmp = _tmpdir(out)
     try:
@@ -87,6 +102,9 @@ def write_search_report(out_dir: str | os.PathLike, result: Mapping[str, Any], p
         agg = config.get("aggregation", "min")
         (tmp / "results.json").write_text(json.dumps({"config": dict(config), "n_problems": len(problems),
                                                       "rows": rows}, indent=1))
+        with (tmp / "solutions.jsonl").open("w") as f:
+            for row in _solutions(result, problems):
+                f.write(json.dumps(row) + "\n")
         _plot(rows, tmp / "accuracy.png", agg)
         top = max(r["budget"] for r in rows)
         parts = [f"<h1>PRM-guided search: {html.escape(str(config.get('reward', '')))} on "

