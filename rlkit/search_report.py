@@ -45,7 +45,8 @@ def _plot(rows: Sequence[Mapping[str, Any]], path: Path, aggregation: str) -> No
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.set_xlabel("generation budget N")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    top = max(p[1] + p[2] for pts in lines.values() for p in pts)
+    ax.set_ylim(0, min(100.0, max(10.0, 1.25 * top)))  # low accuracies stay readable
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
