@@ -40,6 +40,9 @@ class StepSplitter:
         max_steps: if set, everything after step ``max_steps - 1`` is merged into the last step, so a response
             never has more steps than that (guards PRM inputs against degenerate "one token per line" text).
 
+    ``separator`` is the literal text between steps (None in mode "regex"): what a step-by-step generator
+    stops at (``reward.search``).
+
     Whitespace-only pieces are not steps. A response without any separator is a single step; an empty response
     has no steps. Responses given as a list of strings (explicit steps, e.g. ProcessBench items) go through
     :meth:`from_list`, which keeps each string as one step.
@@ -51,11 +54,14 @@ class StepSplitter:
 
     def __init__(self, mode: str = "double_newline", separator: str | None = None, pattern: str | None = None,
                  max_steps: int | None = None) -> None:
+        self.separator: str | None = None
         if mode in SEPARATORS:
-            self._regex = re.compile(re.escape(SEPARATORS[mode]))
+            self.separator = SEPARATORS[mode]
+            self._regex = re.compile(re.escape(self.separator))
         elif mode == "separator":
             if not separator:
                 raise ValueError("step splitter mode 'separator' needs a non-empty 'separator'")
+            self.separator = separator
             self._regex = re.compile(re.escape(separator))
         elif mode == "regex":
             if not pattern:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
     sub.add_parser("recipes", help="list shipped recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("rewards", help="list registered reward models").set_defaults(func=cmd_rewards)
-    for mod in ("rlkit.label_cmd", "rlkit.eval_cmd", "rlkit.select_cmd", "rlkit.serve_cmd"):
+    for mod in ("rlkit.label_cmd", "rlkit.eval_cmd", "rlkit.select_cmd", "rlkit.serve_cmd", "rlkit.search_cmd"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

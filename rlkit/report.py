@@ -105,6 +105,15 @@ def samples_html(result: dict[str, Any], limit: int = 8) -> str:
     return "\n".join(parts)
 
 
+def html_page(title: str, body: str) -> str:
+    """A standalone HTML page around ``body`` with the styles :func:`samples_html` uses."""
+    return ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            "body{font-family:sans-serif;max-width:900px;margin:auto}.score{display:inline-block;min-width:3em;"
+            "text-align:center;color:#fff;border-radius:3px;margin-right:.5em}.q{margin-top:1.2em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+            "</style>" + body)
+
+
 def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], before: dict | None,
                  after: dict | None) -> Path:
     """Write ``report/index.md``, ``report/samples.html``, ``report/training.png`` and ``report/eval.json``."""
@@ -141,9 +150,6 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
                 lines.append("")
     (out / "index.md").write_text("\n".join(lines))
     body = "\n".join(samples_html(r) for r in (before, after) if r)
-    (out / "samples.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>samples</title><style>body{font-family:sans-serif;"
-        "max-width:900px;margin:auto}.score{display:inline-block;min-width:3em;text-align:center;color:#fff;"
-        "border-radius:3px;margin-right:.5em}.q{margin-top:1.2em}</style>" + body)
+    (out / "samples.html").write_text(html_page("samples", body))
     (out / "eval.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
     return out

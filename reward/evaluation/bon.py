@@ -7,6 +7,8 @@ and ``scores`` (the PRM's step scores). Reported:
   (ties go to the earliest response, so results are deterministic);
 * ``maj@N``: share whose most frequent final answer is right (answers grouped by mathematical equivalence;
   ties go to the answer seen first; responses without an answer do not vote);
+* ``wmaj@N[<agg>]``: weighted majority, the same vote with each response weighted by its aggregated score
+  (the answer with the largest score sum wins; ties go to the answer seen first);
 * ``pass@N``: share with at least one correct response;
 * ``min_on_last``: share of responses (with at least ``min_steps`` steps) whose lowest step score is on the
   final step (ties: the first minimum counts), the "PRM behaves like an outcome RM" sign.
@@ -37,8 +39,9 @@ def pick(cands: Sequence[Mapping], how: str) -> int:
     return best
 
 
-def majority_correct(cands: Sequence[Mapping], same: Callable[[str, str], bool] | None = None) -> bool:
-    """Whether the most frequent final answer (equivalence classes under ``same``) is a correct one."""
+def answer_groups(cands: Sequence[Mapping], same: Callable[[str, str], bool] | None = None) -> list[list[Mapping]]:
+    """Candidates grouped by final answer (equivalence classes under ``same``, default the verifier's
+    ``answers_match``), in order of first appearance; candidates without an answer are left out."""
     if same is None:
         same = answers_match
     groups: list[list[Mapping]] = []
@@ -52,9 +55,32 @@ def majority_correct(cands: Sequence[Mapping], same: Callable[[str, str], bool] 
                 break
         else:
             groups.append([c])
+    return groups
+
+
+def majority_correct(cands: Sequence[Mapping], same: Callable[[str, str], bool] | None = None) -> bool:
+    """Whether the most frequent final answer (equivalence classes under ``same``) is a correct one."""
+    groups = answer_groups(cands, same)
     if not groups:
         return False
     top = max(groups, key=len)  # first of equal size
+    return any(bool(c["correct"]) for c in top)
+
+
+def weighted_majority_correct(cands: Sequence[Mapping], how: str = "min",
+                              same: Callable[[str, str], bool] | None = None) -> bool:
+    """Whether the answer with the largest sum of aggregated scores (``how``) is a correct one.
+
+    Example:
+        >>> cands = [{"correct": False, "answer": "5", "scores": [0.2]}] * 3 + \\
+        ...         [{"correct": True, "answer": "7", "scores": [0.9]}] * 2
+        >>> majority_correct(cands, same=str.__eq__), weighted_majority_correct(cands, "last", same=str.__eq__)
+        (False, True)
+    """
+    groups = answer_groups(cands, same)
+    if not groups:
+        return False
+    top = max(groups, key=lambda g: sum(aggregate(list(c["scores"]), how) for c in g))  # first on ties
     return any(bool(c["correct"]) for c in top)
 
 
@@ -64,7 +90,8 @@ def min_on_last(scores: Sequence[float]) -> bool:
 
 def best_of_n(problems: Sequence[Sequence[Mapping]], aggregations: Sequence[str] = AGGREGATIONS,
               min_steps: int = 2, same: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
-    """BoN accuracy per aggregation, maj@N, pass@N and the min-on-last share over ``problems``."""
+    """BoN accuracy and weighted majority per aggregation, maj@N, pass@N and the min-on-last share over
+    ``problems``."""
     for a in aggregations:
         if a not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {a!r} (allowed: {', '.join(AGGREGATIONS)})")
@@ -74,11 +101,12 @@ def best_of_n(problems: Sequence[Sequence[Mapping]], aggregations: Sequence[str]
     n = len(probs)
     bon = {a: sum(bool(p[pick(p, a)]["correct"]) for p in probs) / n for a in aggregations}
     maj = sum(majority_correct(p, same) for p in probs) / n
+    wmaj = {a: sum(weighted_majority_correct(p, a, same) for p in probs) / n for a in aggregations}
     pas = sum(any(bool(c["correct"]) for c in p) for p in probs) / n
     eligible = [c["scores"] for p in probs for c in p if len(c["scores"]) >= min_steps]
     mol = sum(min_on_last(s) for s in eligible) / len(eligible) if eligible else None
     sizes = sorted({len(p) for p in probs})
-    return {"bon": bon, "maj@n": maj, "pass@n": pas, "min_on_last": mol, "n_problems": n,
+    return {"bon": bon, "maj@n": maj, "wmaj@n": wmaj, "pass@n": pas, "min_on_last": mol, "n_problems": n,
             "n_responses": sum(len(p) for p in probs), "n_min_on_last": len(eligible),
             "N": sizes[0] if len(sizes) == 1 else sizes}
 

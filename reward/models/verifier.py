@@ -39,9 +39,9 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer a response states: last \\boxed{...}, else after '####', else after 'answer is',
-    else the last number. None when the text states nothing answer-like."""
+def stated_answer(text: str) -> str | None:
+    """The final answer ``text`` states explicitly: last \\boxed{...}, else after '####', else after
+    'answer is'; None when it states none (a step-by-step search ends a solution at such a step)."""
     boxed = _last_boxed(text)
     if boxed:
         return boxed
@@ -51,6 +51,15 @@ def extract_answer(text: str) -> str | None:
     m = list(re.finditer(r"answer is[:\s]*\$?([^\n]+?)(?:\.\s*$|\.?\n|$)", text, flags=re.I))
     if m:
         return m[-1].group(1).strip().rstrip(".")
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a response states (:func:`stated_answer`), else its last number. None when the text
+    states nothing answer-like."""
+    answer = stated_answer(text)
+    if answer is not None:
+        return answer
     nums = re.findall(_NUMBER, text)
     return nums[-1].replace("$", "").replace(",", "") if nums else None
 
