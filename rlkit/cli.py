@@ -25,7 +25,7 @@ from reward.registry import available, get_reward_class
 from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes, yaml_load
 from rlkit.data import DataError
 from rlkit.distributed import accelerate_command, machine_launch
-from rlkit.launch import train
+from rlkit.launch import resume, train
 from rlkit.models import ModelError
 
 EXIT_USAGE = 2
@@ -72,6 +72,13 @@ def print_launch(args, recipe) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.resume:
+        recipe = load_recipe(str(Path(args.resume) / "recipe.yaml")) if args.recipe is None else _load(args)
+        run_dir = resume(args.resume, args.recipe, args.set, args.allow_changes, _machine(args, recipe))
+        print(f"rlkit: run finished: {run_dir}")
+        return 0
+    if args.recipe is None:
+        raise RecipeError("rlkit train needs a RECIPE (or --resume RUN_DIR)")
     recipe = _load(args)  # every check happens here, before any folder or model exists
     machine = _machine(args, recipe)
     if args.print_launch:
@@ -109,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (("train", cmd_train, "validate a recipe and run it"),
                                ("check", cmd_check, "validate a recipe without running it")):
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("recipe", help="recipe YAML path or shipped recipe name")
+        sp.add_argument("recipe", nargs="?" if name == "train" else None,
+                        help="recipe YAML path or shipped recipe name")
         sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a recipe value (repeatable), e.g. --set training.max_steps=5")
         if name == "train":
@@ -122,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "SLURM_NODEID, else 0)")
             sp.add_argument("--main-process-ip", default=None, help="the rank-0 machine's address (multi-machine)")
             sp.add_argument("--main-process-port", type=int, default=None, help="its port (multi-machine)")
+            sp.add_argument("--resume", default=None, metavar="RUN_DIR",
+                            help="continue RUN_DIR in place from its newest complete checkpoint (its saved recipe)")
+            sp.add_argument("--allow-changes", action="store_true",
+                            help="with --resume: accept a RECIPE or --set values that differ from the saved recipe")
             sp.add_argument("--print-launch", action="store_true",
                             help="print every machine's command and the accelerate command it runs; run nothing")
         sp.set_defaults(func=fn)

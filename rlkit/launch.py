@@ -12,7 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import json
 import os
 import shutil
 import sys
@@ -20,10 +22,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from reward.labeling.io import atomic_write_text
 from rlkit.algorithms import get_algorithm
-from rlkit.config import recipe_from_dict
+from rlkit.checkpoints import RESUME_FILE, newest_complete_checkpoint, verify_checkpoint
+from rlkit.config import load_recipe, recipe_from_dict
 from rlkit.distributed import RECIPE_FILE, MachineLaunch, cuda_available, launch_workers, write_run_files
-from rlkit.recipe import Recipe, yaml_load
+from rlkit.recipe import Recipe, RecipeError, apply_overrides, yaml_load
 
 
 def new_run_dir(recipe: Recipe, output_dir: str | None = None) -> Path:
@@ -73,6 +77,52 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
         mark_failed(run_dir, str(e))
         raise
     return run_dir
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def resume(run_dir: str | Path, recipe_path: str | None = None, overrides: list[str] | None = None,
+           allow_changes: bool = False, machine: MachineLaunch | None = None) -> Path:
+    """Continue a run in its own folder from its newest complete checkpoint (``rlkit train --resume``).
+
+    The recipe is the run's saved ``recipe.yaml``; a different ``recipe_path`` or any ``overrides`` are refused
+    unless ``allow_changes``. Metrics and TensorBoard continue in the same folder (the Trainer restores its log
+    history from the checkpoint). A run that finished is left as it is; a run with no complete checkpoint starts
+    over in the same folder. Raises RecipeError / CheckpointError with one line."""
+    run_dir = Path(run_dir)
+    saved_file = run_dir / RECIPE_FILE
+    if not saved_file.is_file():
+        raise RecipeError(f"--resume {run_dir}: not a run folder (no {RECIPE_FILE})")
+    saved = yaml_load(saved_file.read_text())
+    if recipe_path is not None:
+        wanted = load_recipe(recipe_path, overrides).to_dict()
+    else:
+        wanted = apply_overrides(copy.deepcopy(saved), list(overrides or []))
+    changed = sorted(k for k in set(_flat(saved)) | set(_flat(wanted)) if _flat(saved).get(k) != _flat(wanted).get(k))
+    if changed and not allow_changes:
+        raise RecipeError(f"--resume {run_dir}: the recipe differs from the run's {RECIPE_FILE} in "
+                          f"{', '.join(changed[:6])}; resume without changes, or pass --allow-changes")
+    recipe = recipe_from_dict(wanted)
+    if (run_dir / "run_info.json").is_file() and (run_dir / "policy").is_dir() and \
+            not (run_dir / "FAILED.txt").exists():
+        print(f"rlkit: {run_dir} finished already; nothing to resume")
+        return run_dir
+    ckpt = newest_complete_checkpoint(run_dir)
+    if ckpt is not None:
+        verify_checkpoint(ckpt)
+        atomic_write_text(run_dir / RESUME_FILE, json.dumps({"checkpoint": str(ckpt)}))
+        print(f"rlkit: resuming {run_dir} from {ckpt.name}")
+    else:
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)
+        print(f"rlkit: {run_dir} has no complete checkpoint; starting it over in the same folder")
+    (run_dir / "FAILED.txt").unlink(missing_ok=True)
+    return train(recipe, run_dir=run_dir, machine=machine)
 
 
 def mark_failed(run_dir: Path, message: str) -> None:

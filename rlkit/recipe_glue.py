@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reward.registry import build_reward, get_reward_class
+from rlkit.checkpoints import default_save_steps, resume_checkpoint
 from rlkit.data import load_prompts
 from rlkit.distributed import cuda_available, single_rank_hf
 from rlkit.models import load_tokenizer, resolve_model
@@ -48,16 +49,23 @@ def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
 def trainer_kwargs(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
                    deepspeed_file: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
-    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM).
+    the fields rlkit manages (output folder, DeepSpeed, CPU, seed, vLLM). Checkpoints are on by default
+    (``save_steps`` ~ max_steps / 5, the newest 2 kept); a run resumed by ``rlkit train --resume`` gets its
+    checkpoint as ``resume_from_checkpoint``.
 
     ``deepspeed_file``: the DeepSpeed config of a distributed recipe (default ``run_dir/deepspeed.json``,
     written by rlkit.launch; a sub-run such as the critique verifier's stage 2 passes its parent's file)."""
     # always this run's folder: an earlier run in the same process must not capture its logs
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "no", "bf16": False,
-          "gradient_checkpointing": False}
+    kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "steps", "save_total_limit": 2,
+          "logging_nan_inf_filter": False,  # a NaN loss must reach the log (RunGuard stops on it), not be averaged away
+          "bf16": False, "gradient_checkpointing": False}
     kw.update(defaults)
     kw.update(recipe.training)
+    kw.setdefault("save_steps", default_save_steps(int(kw.get("max_steps", -1) or -1)))
+    resume = resume_checkpoint(run_dir)
+    if resume and not kw.get("resume_from_checkpoint"):
+        kw["resume_from_checkpoint"] = resume
     cuda = cuda_available()
     kw.update(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not cuda)
     if not cuda:

@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generator(args: argparse.Namespace, seed: int):
-    """The policy: HF generate (torch imported here, not by `rlkit --help`) or vLLM (optional)."""
+    """The policy: HF generate, or vLLM (optional: vllm itself is imported when the generator starts)."""
     if args.backend == "vllm":
         prepare_vllm()  # VLLMUnavailable (one line) when vLLM is absent
         return VLLMGenerator(args.policy, temperature=args.temperature, top_p=args.top_p, seed=seed)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from transformers import set_seed
 
+from rlkit.checkpoints import RunGuard
 from rlkit.distributed import is_main_process
 from rlkit.recipe import Recipe
 from rlkit.trainers.common import save_final, write_run_info, write_summary
@@ -52,8 +53,11 @@ def train_classifier(recipe: Recipe, run_dir: str | Path, build: Callable[[Path]
     set_seed(recipe.seed)
     run = build(run_dir)
     trainer, main = run.trainer, is_main_process()
+    guard = RunGuard(run_dir)
+    trainer.add_callback(guard)
     before = run.before() if main else None
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or None)
+    guard.raise_if_stopped()
     final = save_final(trainer, run.tokenizer, run_dir)
     after = run.after(final) if main else None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainerState
 
 from reward.labeling.io import atomic_write_text
 from rlkit import report
+from rlkit.checkpoints import COMPLETE_MARKER, RunGuard, checkpoint_step
 from rlkit.distributed import is_main_process, single_rank_hf
 from rlkit.models import resolve_model
 from rlkit.recipe import Recipe
@@ -102,7 +103,7 @@ def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
 def run_info(trainer) -> dict:
     """What actually ran: the optimizer class DeepSpeed/accelerate step (wrappers unwrapped), world size..."""
     opt = trainer.optimizer
-    while hasattr(opt, "optimizer") and opt.optimizer is not opt:
+    while opt is not None and hasattr(opt, "optimizer") and opt.optimizer is not opt:
         opt = opt.optimizer
     policy_opt = getattr(opt, "actor", opt)  # PPO's ActorCriticOptimizer: the policy's own optimizer
     credit = getattr(trainer, "credit", None)
@@ -116,9 +117,11 @@ def run_info(trainer) -> dict:
 
 def optimizer_steps(opt) -> int | None:
     """How many steps ``opt`` has taken, read from its state (AdamW-style ``step`` entries), None if unknown."""
+    if not hasattr(opt, "state"):
+        return None
     steps = [v["step"] for v in opt.state.values() if isinstance(v, dict) and "step" in v]
     if not steps:
-        return None if not hasattr(opt, "state") else 0
+        return 0
     s = steps[0]
     return int(s.item() if isinstance(s, torch.Tensor) else s)
 
@@ -129,25 +132,55 @@ def write_run_info(trainer, run_dir: Path) -> None:
         atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(run_info(trainer), indent=1))
 
 
+TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
+                        "latest", "zero_to_fp32.py", COMPLETE_MARKER)
+
+
+def policy_from_checkpoint(checkpoint: str | Path, policy_dir: Path) -> None:
+    """``policy/`` from a checkpoint's model files (the same files ``save_model`` writes: weights or adapter,
+    config, ``critic/``), leaving out optimizer, scheduler, RNG and DeepSpeed engine state; written to a temp
+    folder and renamed, so ``policy/`` is never half-written."""
+    src, tmp = Path(checkpoint), policy_dir.with_name(f".{policy_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if n in TRAINING_STATE_FILES
+                                                       or n.startswith(("rng_state", "global_step"))])
+    shutil.rmtree(policy_dir, ignore_errors=True)
+    tmp.rename(policy_dir)
+
+
 def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     """The policy run every RL/SFT recipe runner shares: held-out evaluation before, train (resuming from
     ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
-    ``metrics.json`` and ``run_info.json`` (main process only)."""
+    ``metrics.json`` and ``run_info.json`` (main process only).
+
+    A run resumed from a checkpoint that is already at ``max_steps`` trains no further (transformers would
+    train one step past it): ``policy/`` comes from the checkpoint's model files. A signal or a non-finite loss
+    stops training with :class:`rlkit.checkpoints.TrainingStopped` (see :class:`rlkit.checkpoints.RunGuard`)."""
     _, eval_ds = load_datasets(recipe)
     is_main = trainer.accelerator.is_main_process
+    guard = RunGuard(run_dir)
+    trainer.add_callback(guard)
+    resume = trainer.args.resume_from_checkpoint or None
+    finished = resume is not None and 0 < trainer.args.max_steps <= checkpoint_step(resume)
     before = None
     if is_main and eval_ds is not None:
         # evaluation loads its own copy (a sharded ZeRO-3 model cannot generate on one rank alone)
         before = evaluate_on_one_rank(resolve_model(recipe.model), trainer, eval_ds, "before training")
-    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or None)
     policy_dir = run_dir / "policy"
-    trainer.save_model(str(policy_dir))
+    if finished:
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        if is_main:
+            policy_from_checkpoint(resume, policy_dir)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+        guard.raise_if_stopped()
+        trainer.save_model(str(policy_dir))
     if is_main:
         trainer.processing_class.save_pretrained(str(policy_dir))
         after = None
         if eval_ds is not None:
             after = evaluate_on_one_rank(policy_dir, trainer, eval_ds, "after training")
         report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
-        (run_dir / "metrics.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        atomic_write_text(run_dir / "metrics.json", json.dumps(trainer.state.log_history, indent=1))
         write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()

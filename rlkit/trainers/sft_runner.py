@@ -17,8 +17,14 @@ from pathlib import Path
 
 from rlkit.data import DataError
 from rlkit.recipe import Recipe
-from rlkit.recipe_glue import (build_step_reward, load_datasets, optimizer_block, peft_config, policy_and_tokenizer,
-                               trainer_kwargs)
+from rlkit.recipe_glue import (
+    build_step_reward,
+    load_datasets,
+    optimizer_block,
+    peft_config,
+    policy_and_tokenizer,
+    trainer_kwargs,
+)
 from rlkit.trainers.common import train_and_report
 from rlkit.trainers.sft_config import SFT_DEFAULTS, SFTConfig
 from rlkit.trainers.sft_trainer import RLKitSFTTrainer, sft_dataset
