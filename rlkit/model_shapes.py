@@ -163,7 +163,10 @@ def model_shape(name: str, kind: str = "causal-lm", lora: Any = None, params: in
     if cfg is None:
         src = ("--params" if params is not None
                else "unknown: not a local folder nor a known shape; pass --params NAME=COUNT")
-        return ModelShape(name, kind, params, None if params is None else params, 0, None, None, None, src)
+        if params is not None and lora is not None:
+            src = "--params gives a count only; counting LoRA adapters needs the model's config.json (a local folder)"
+        trainable = None if lora is not None else params
+        return ModelShape(name, kind, params, trainable, 0, None, None, None, src)
     model = _build(cfg, kind)
     if lora is not None:
         from peft import get_peft_model  # optional dependency, as in rlkit.recipe.PeftConfig

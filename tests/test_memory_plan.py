@@ -65,7 +65,8 @@ def test_parameter_counts_match_the_hand_count_of_config_fields(folders):
     assert prm.params == hand_count(KNOWN_CONFIGS["Qwen/Qwen2.5-Math-PRM-7B"][1], "prm") + 3584 * 3584 + 3584 \
         == 7_083_474_946
     assert model_shape("nobody/unknown-7b").params is None
-    assert model_shape("nobody/unknown-7b", params=7 * 10**9).params == 7 * 10**9
+    assert model_shape("nobody/unknown-7b", params=7 * 10**9).trainable == 7 * 10**9
+    assert model_shape("nobody/unknown-7b", lora=object(), params=7 * 10**9).trainable is None  # adapters unknown
 
 
 def test_zero3_bf16_adamw_is_deepspeeds_estimate_split_into_weights_and_states(folders):
@@ -186,3 +187,12 @@ def test_shipped_8gpu_recipe_plan_fits_80gb():
     r = rows(p)
     assert r["reward qwen-prm"].weights == 2 * 7_083_474_946 and r["vLLM colocate"].weights == 20 * GB
     assert p.complete and p.warning() is None and 30 * GIB < p.total < 80 * GB
+
+
+def test_params_override_for_a_hub_model_that_is_not_local():
+    r = recipe_from_dict({"model": "nobody/private-1k", "reward": {"name": "arithmetic"}}, check=False)
+    unknown = plan_memory(r)
+    assert rows(unknown)["policy"].total is None and "pass --params" in rows(unknown)["policy"].how
+    p = plan_memory(r, params=parse_params(["nobody/private-1k=1K"]))
+    assert (rows(p)["policy"].weights, rows(p)["policy"].states) == (4000, 12000)   # fp32 + grads + AdamW
+    assert not p.complete and rows(p)["activations (rough)"].total is None           # no config: no sizes
