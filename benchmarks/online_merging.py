@@ -2,6 +2,8 @@
 
     python benchmarks/online_merging.py                       # CPU, ~25M-parameter Qwen2, p=0.01
     python benchmarks/online_merging.py --device cuda --hidden 1024 --layers 8
+    python benchmarks/online_merging.py --device cuda --hidden 1536 --layers 28 --heads 12 --kv-heads 2 \
+        --intermediate 8960 --vocab 151936                   # Qwen2.5-1.5B's shape (benchmarks/device_check.py)
 
 Only ``optimizer.step()`` is timed (fixed random gradients, no forward/backward), round-robin over the
 optimizers so machine noise hits all of them alike; the median of ``--reps`` steps is reported after
@@ -24,45 +26,55 @@ def state_bytes(opt) -> int:
     return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=None, help="MLP width (default 4 x hidden)")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default the tiny tokenizer's)")
+    ap.add_argument("--fused", action="store_true", help="torch AdamW with fused=True (the baseline)")
     ap.add_argument("--p", type=float, default=0.01)
     ap.add_argument("--alpha", type=float, default=1e-7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    return ap.parse_args(argv)
 
+
+def run(a: argparse.Namespace) -> dict:
+    """Step times (median, s), optimizer state bytes and (CUDA) the peak allocated during a step above what was
+    allocated before it, per optimizer; plus the model's parameter count and shape."""
     from rlkit import testing
     from rlkit.optim import OnDAREAdamW, OnTIESAdamW, TensorReference
 
     tok = testing.tiny_tokenizer()
-    model = testing.tiny_causal_lm(tok, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
-                                   num_hidden_layers=a.layers, num_attention_heads=8,
-                                   num_key_value_heads=4).to(a.device)
+    extra = {"vocab_size": a.vocab} if a.vocab else {}
+    with torch.device(a.device):  # built where it runs: a 1.5B model initialises in seconds on a GPU
+        model = testing.tiny_causal_lm(tok, hidden_size=a.hidden, intermediate_size=a.intermediate or 4 * a.hidden,
+                                       num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                                       num_key_value_heads=a.kv_heads, **extra)
     n_params = sum(p.numel() for p in model.parameters())
-    g = torch.Generator(device="cpu").manual_seed(0)
-    base = {n: (p.detach().cpu() - 0.01 * torch.randn(p.shape, generator=g)).to(a.device)
+    g = torch.Generator(device=a.device).manual_seed(0)
+    base = {n: p.detach() - 0.01 * torch.randn(p.shape, generator=g, device=a.device)
             for n, p in model.named_parameters()}
-    grads = [torch.randn(p.shape, generator=g).mul_(1e-3).to(a.device) for p in model.parameters()]
+    grads = [torch.randn(p.shape, generator=g, device=a.device).mul_(1e-3) for p in model.parameters()]
 
     def make(kind):
         m = copy.deepcopy(model)
         for p, gr in zip(m.parameters(), grads):
             p.grad = gr.clone()
         if kind == "adamw":
-            return m, torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.01)
+            return m, torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.01, fused=a.fused or None)
         cls = OnDAREAdamW if kind == "ondare" else OnTIESAdamW
         return m, cls(m.parameters(), lr=1e-5, weight_decay=0.01, p=a.p, alpha=a.alpha,
                       reference=TensorReference(m, base))
 
     kinds = ["adamw", "ondare", "onties"]
     runs = {k: make(k) for k in kinds}
+    del model  # each optimizer has its own copy
     times = {k: [] for k in kinds}
     peak = {}
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
@@ -81,19 +93,33 @@ def main(argv=None):
             if a.device.startswith("cuda"):
                 peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated() - before)
 
+    out = {"params": n_params, "hidden": a.hidden, "layers": a.layers, "device": a.device, "p": a.p, "alpha": a.alpha,
+           "fused_adamw": a.fused}
+    for k in kinds:
+        out[k] = {"step_s": statistics.median(times[k]), "state_bytes": state_bytes(runs[k][1]),
+                  "peak_step_bytes": peak.get(k)}
+    del runs, base, grads
+    return out
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = run(a)
+    kinds, n_params = ["adamw", "ondare", "onties"], r["params"]
     print(f"model: Qwen2 hidden={a.hidden} layers={a.layers}, {n_params / 1e6:.1f}M params, device={a.device}, "
           f"threads={torch.get_num_threads()}, p={a.p}, alpha={a.alpha}")
-    t0 = statistics.median(times["adamw"])
-    s0 = state_bytes(runs["adamw"][1])
+    t0, s0 = r["adamw"]["step_s"], r["adamw"]["state_bytes"]
+    peak = {k: r[k]["peak_step_bytes"] for k in kinds if r[k]["peak_step_bytes"] is not None}
     for k in kinds:
-        t = statistics.median(times[k])
-        sb = state_bytes(runs[k][1])
+        t, sb = r[k]["step_s"], r[k]["state_bytes"]
         line = (f"{k:7s} step {t * 1e3:8.2f} ms  ratio {t / t0:5.2f}x | optimizer state {sb / 2**20:8.1f} MiB "
                 f"ratio {sb / s0:4.2f}x (+{(sb - s0) / (4 * n_params):.2f} fp32 param-sized tensors)")
         if k in peak:
             line += f" | step peak {peak[k] / 2**20:.1f} MiB ratio {peak[k] / max(peak['adamw'], 1):.2f}x"
         print(line)
-    total = {k: state_bytes(runs[k][1]) + 2 * 4 * n_params for k in kinds}  # + params + grads
+    total = {k: r[k]["state_bytes"] + 2 * 4 * n_params for k in kinds}  # + params + grads
     print("memory ratio (params + grads + optimizer state): "
           + ", ".join(f"{k} {total[k] / total['adamw']:.2f}x" for k in kinds[1:]))
 

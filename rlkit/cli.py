@@ -4,6 +4,7 @@ Examples:
     rlkit train grpo_prm_quickstart --set training.max_steps=5
     rlkit train grpo_prm_quickstart --set reward.name=verifier      # swap the reward model in one line
     rlkit check my_recipe.yaml                                      # validate only, load nothing
+    rlkit check grpo_qwen_math_prm_8gpu --gpu-memory 80GB           # + warn if the memory plan exceeds 80 GB
     rlkit recipes                                                   # shipped recipes, one line each
     rlkit rewards                                                   # registered reward models
 
@@ -26,6 +27,8 @@ from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes,
 from rlkit.data import DataError
 from rlkit.distributed import accelerate_command, machine_launch
 from rlkit.launch import resume, train
+from rlkit.memory import PlanError, format_plan, parse_params, parse_size, plan_memory
+from rlkit.model_shapes import ShapeError
 from rlkit.models import ModelError
 
 EXIT_USAGE = 2
@@ -41,11 +44,16 @@ def _load(args):
 
 
 def cmd_check(args) -> int:
+    gpu_memory, params = parse_size(args.gpu_memory), parse_params(args.params)  # bad values fail first
     recipe = _load(args)
     parts = [recipe.algorithm.name, f"reward {recipe.reward.name}"]
     if recipe.algorithm.name == "grpo":  # the only algorithm whose credit mode the recipe chooses
         parts.append(f"credit {recipe.algorithm.credit}")
     print(f"{args.recipe}: ok ({', '.join(parts)}, distribution {recipe.distribution})")
+    plan = plan_memory(recipe, gpu_memory, args.gpu_memory or "", params)
+    print(format_plan(plan))
+    if plan.warning():
+        print(plan.warning(), file=sys.stderr)
     return 0
 
 
@@ -136,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --resume: accept a RECIPE or --set values that differ from the saved recipe")
             sp.add_argument("--print-launch", action="store_true",
                             help="print every machine's command and the accelerate command it runs; run nothing")
+        else:
+            sp.add_argument("--gpu-memory", metavar="SIZE", help="memory of one GPU (80GB, 80GiB, 141GB): warn "
+                            "when the memory plan's estimate per GPU exceeds it (the exit code stays 0)")
+            sp.add_argument("--params", action="append", default=[], metavar="MODEL=COUNT",
+                            help="parameter count of a model whose config is not local, e.g. Qwen/Qwen2.5-7B=7.6B")
         sp.set_defaults(func=fn)
     sub.add_parser("recipes", help="list shipped recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("rewards", help="list registered reward models").set_defaults(func=cmd_rewards)
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, DataError, ModelError) as e:
+    except (RecipeError, DataError, ModelError, PlanError, ShapeError) as e:
         return _fail(str(e))
     except FileNotFoundError as e:
         return _fail(f"file not found: {e.filename or e}")

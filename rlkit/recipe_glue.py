@@ -46,6 +46,20 @@ def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
     return block
 
 
+#: What rlkit sets in every trainer config before the algorithm's defaults and the recipe's training: block.
+BASE_TRAINER_DEFAULTS: dict[str, Any] = {
+    "report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "steps", "save_total_limit": 2,
+    "logging_nan_inf_filter": False,  # a NaN loss must reach the log (RunGuard stops on it), not be averaged away
+    "bf16": False, "gradient_checkpointing": False}
+
+
+def training_values(recipe: Recipe, defaults: dict[str, Any]) -> dict[str, Any]:
+    """rlkit's base defaults < ``defaults`` (the algorithm's) < the recipe's ``training:`` block; no side effects
+    (the memory plan reads the same values the runners pass)."""
+    return {**BASE_TRAINER_DEFAULTS, "report_to": list(BASE_TRAINER_DEFAULTS["report_to"]), **defaults,
+            **recipe.training}
+
+
 def trainer_kwargs(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
                    deepspeed_file: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers config: rlkit's defaults < the recipe's ``training:`` block <
@@ -57,11 +71,7 @@ def trainer_kwargs(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
     written by rlkit.launch; a sub-run such as the critique verifier's stage 2 passes its parent's file)."""
     # always this run's folder: an earlier run in the same process must not capture its logs
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    kw = {"report_to": ["tensorboard"], "logging_steps": 1, "save_strategy": "steps", "save_total_limit": 2,
-          "logging_nan_inf_filter": False,  # a NaN loss must reach the log (RunGuard stops on it), not be averaged away
-          "bf16": False, "gradient_checkpointing": False}
-    kw.update(defaults)
-    kw.update(recipe.training)
+    kw = training_values(recipe, defaults)
     kw.setdefault("save_steps", default_save_steps(int(kw.get("max_steps", -1) or -1)))
     resume = resume_checkpoint(run_dir)
     if resume and not kw.get("resume_from_checkpoint"):
