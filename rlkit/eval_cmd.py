@@ -97,8 +97,7 @@ def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         problem = check_model_name(model)
         if problem:
             raise UsageError(f"reward model: {problem}")
-        if model.startswith("embedded:"):
-            kw["model"] = resolve_model(model)
+        kw["model"] = resolve_model(model)
     return kw
 
 

@@ -86,9 +86,7 @@ def parse_kv(pairs: list[str], what: str) -> dict[str, Any]:
 
 
 def _resolve(name: str) -> str:
-    if name.startswith("embedded:"):
-        return resolve_model(name)
-    return name
+    return resolve_model(name)
 
 
 def _check_model(name: str, flag: str) -> None:

@@ -41,8 +41,8 @@ def optimizer_block(recipe: Recipe) -> dict[str, Any] | None:
         return None
     block = {"name": opt.name, **opt.args}
     base = block.get("base_model")
-    if isinstance(base, str) and base.startswith("embedded:"):
-        block["base_model"] = str(resolve_model(base))
+    if isinstance(base, str):
+        block["base_model"] = resolve_model(base)
     return block
 
 

@@ -223,9 +223,7 @@ class VLLMCompleter:
 
 def resolve_model_path(name: str) -> str:
     """A local folder for ``name``: ``embedded:...`` through rlkit.models, anything else as given."""
-    if name.startswith("embedded:"):
-        return resolve_model(name)
-    return name
+    return resolve_model(name)
 
 
 def load_causal_lm(name: str):

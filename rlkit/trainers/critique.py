@@ -205,9 +205,7 @@ def build_feedback(records: Sequence[Mapping], source: str = "template", judge: 
 
 def _build_judge(cfg: Mapping[str, Any]) -> Any:
     """The ``llm-judge`` reward named by ``training.judge_model``, built outside any ZeRO-3 context."""
-    jm = cfg["judge_model"]
-    if jm.startswith("embedded:"):
-        jm = resolve_model(jm)
+    jm = resolve_model(cfg["judge_model"])
     with single_rank_hf():
         return build_reward("llm-judge", model=jm, backend=cfg["judge_backend"],
                             max_new_tokens=cfg["judge_max_new_tokens"])
@@ -318,8 +316,7 @@ def load_backbone(path: str) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
 
-    if path.startswith("embedded:"):
-        path = str(resolve_model(path))
+    path = resolve_model(path)
     with single_rank_hf():
         return backbone_state(AutoModelForCausalLM.from_pretrained(path))
 

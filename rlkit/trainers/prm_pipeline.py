@@ -161,7 +161,7 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     ds = load_prompts(d.train, d.train_split, d.num_train, d.prompt_field, d.answer_field, seed=d.seed)
     problems = [{"question": r["question"], "answer": r["answer"]} for r in ds]
     train_idx, held_idx = split_problems(len(problems), float(cfg["heldout_fraction"]), recipe.seed)
-    model_path = resolve_model(recipe.model) if recipe.model.startswith("embedded:") else recipe.model
+    model_path = resolve_model(recipe.model)
     system = d.system_prompt if d.system_prompt is not None else DEFAULT_SYSTEM_PROMPT
     if completer is None:
         completer = build_completer(model_path, backend=recipe.generation.backend,
@@ -191,8 +191,7 @@ def run_prm_pipeline(recipe: Any, run_dir: str | Path, completer: Any = None, ju
     # ---- judge labels
     if judge is None:
         if cfg["judge_model"]:
-            jpath = resolve_model(cfg["judge_model"]) if cfg["judge_model"].startswith("embedded:") \
-                else cfg["judge_model"]
+            jpath = resolve_model(cfg["judge_model"])
             judge = LLMJudge(model=jpath, max_new_tokens=int(cfg["judge_max_new_tokens"]))
         else:  # the policy judges itself: reuse its loaded weights
             judge = LLMJudge(model=completer.model, tokenizer=completer.tok,
