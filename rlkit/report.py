@@ -14,6 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from reward.generation import generate_texts
 from reward.models.verifier import is_correct
 
 CURVES = [("reward", "PRM reward (aggregated)"), ("outcome/accuracy", "verifier accuracy of samples"),
@@ -27,29 +31,12 @@ def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128,
 
     ``model`` is a model object or a path (loaded fresh; never a sharded training copy).
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
-
-
     if isinstance(model, (str, Path)):
         model = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
     model.eval()
-    pad_side = tok.padding_side
-    tok.padding_side = "left"
     rows = list(dataset)
-    responses: list[str] = []
-    try:
-        for i in tqdm(range(0, len(rows), batch_size), desc=f"evaluating {label}".strip(), leave=False):
-            batch = rows[i:i + batch_size]
-            texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in batch]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            responses += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tok.padding_side = pad_side
+    texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    responses = [o[0] for o in generate_texts(model, tok, texts, max_new_tokens, batch_size=batch_size)]
     questions = [r["question"] for r in rows]
     refs = [r["answer"] for r in rows]
     scored = step_reward.score(questions, responses, refs)

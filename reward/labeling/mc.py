@@ -26,6 +26,9 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import torch
+
+from reward.generation import generate_texts
 from reward.labeling.io import ResumableWriter
 from reward.models.verifier import is_correct
 from rlkit.models import resolve_model
@@ -171,27 +174,10 @@ class HFCompleter:
         return chat_prompt(self.tok, problem, self.system_prompt)
 
     def __call__(self, prefixes: list[str], n: int) -> list[list[str]]:
-        import torch
-
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        out: list[list[str]] = []
-        side = self.tok.padding_side
-        self.tok.padding_side = "left"
-        try:
-            for i in range(0, len(prefixes), self.batch_size):
-                chunk = prefixes[i:i + self.batch_size]
-                enc = self.tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-                with torch.no_grad():
-                    gen = self.model.generate(
-                        **enc, do_sample=self.temperature > 0, temperature=self.temperature or None,
-                        top_p=self.top_p, max_new_tokens=self.max_new_tokens, num_return_sequences=n,
-                        pad_token_id=self.tok.pad_token_id)
-                texts = self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                out.extend(texts[j * n:(j + 1) * n] for j in range(len(chunk)))
-        finally:
-            self.tok.padding_side = side
-        return out
+        return generate_texts(self.model, self.tok, prefixes, self.max_new_tokens, n=n, temperature=self.temperature,
+                              top_p=self.top_p, batch_size=self.batch_size)
 
 
 class VLLMCompleter:

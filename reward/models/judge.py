@@ -16,11 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import torch
-
 from reward.base import RewardError, StepRewardModel, StepScores
-from reward.batching import pad_sequences, plan_batches
-from reward.models._hf import load_model, load_tokenizer, pad_id_of, render_chat
+from reward.generation import generate_texts
+from reward.models._hf import load_model, load_tokenizer, render_chat
 from reward.registry import register
 from reward.steps import Step, StepSplitter
 from rlkit.vllm_support import fixed_model_llm_kwargs
@@ -305,32 +303,9 @@ class LLMJudge(StepRewardModel):
         return [o if isinstance(o, str) else "" for o in out]
 
     def _hf_generate(self, prompts: list[str]) -> list[str]:
-        tok, model = self.tokenizer, self.model
-        seqs = [tok.encode(p, add_special_tokens=False) for p in prompts]
-        pad = pad_id_of(tok, model)
-        out: list[str] = [""] * len(seqs)
-        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad}
-        if self.temperature > 0:
-            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        eos = getattr(tok, "eos_token_id", None)
-        if eos is not None:
-            kw["eos_token_id"] = eos
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                lengths = [len(s) + self.max_new_tokens for s in seqs]
-                for batch in plan_batches(lengths, self.token_budget, self.max_batch_size):
-                    ids, mask = pad_sequences([seqs[i] for i in batch], pad, side="left")
-                    gen = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw)
-                    new = gen[:, ids.shape[1]:].cpu()
-                    for r, i in enumerate(batch):
-                        out[i] = tok.decode(new[r].tolist(), skip_special_tokens=True)
-        finally:
-            model.train(was_training)
-        return out
+        return [o[0] for o in generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens,
+                                             temperature=self.temperature, top_p=self.top_p,
+                                             batch_size=self.max_batch_size, token_budget=self.token_budget)]
 
     # ---- verdicts ---------------------------------------------------------------------------------------
     def earliest_errors(self, problems: Sequence[str], steps: Sequence[Sequence[str]],
