@@ -45,6 +45,15 @@ class Verdict:
         return self.index is None
 
 
+def solution_lines(problem: str, steps: Sequence[str], first_index: int = 1) -> list[str]:
+    """The problem and its numbered steps as a critic reads them ("Problem:", ..., "Solution:", "Step k: ...",
+    one blank line after each step): the layout every judge prompt here uses, the critique verifier's too."""
+    lines = ["Problem:", problem.strip(), "", "Solution:"]
+    for j, s in enumerate(steps):
+        lines += [f"Step {first_index + j}: {s.strip()}", ""]
+    return lines
+
+
 def build_judge_prompt(problem: str, steps: Sequence[str], first_index: int = 1, reference: str | None = None,
                        hint: str | None = None) -> str:
     """The user message asking a critic for the earliest wrong step.
@@ -57,11 +66,8 @@ def build_judge_prompt(problem: str, steps: Sequence[str], first_index: int = 1,
         >>> print(build_judge_prompt("1+1?", ["1+1=3", "So 3."]).splitlines()[6])
         Step 1: 1+1=3
     """
-    lines = ["Review the following step-by-step solution to a math problem.", "", "Problem:", problem.strip(), "",
-             "Solution:"]
-    for j, s in enumerate(steps):
-        lines.append(f"Step {first_index + j}: {s.strip()}")
-        lines.append("")
+    lines = ["Review the following step-by-step solution to a math problem.", "",
+             *solution_lines(problem, steps, first_index)]
     if reference is not None:
         lines += [f"For reference, the correct final answer is: {reference.strip()}", ""]
     if hint:

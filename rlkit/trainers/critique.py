@@ -39,6 +39,7 @@ import torch
 from transformers import TrainingArguments
 
 from reward.labeling.io import atomic_write_jsonl, atomic_write_text, read_records
+from reward.models.judge import solution_lines
 from reward.models.verifier import is_correct
 from reward.registry import build_reward
 from rlkit.distributed import cuda_available, is_main_process, single_rank_hf, wait_for_everyone
@@ -111,9 +112,7 @@ def format_critique(verdicts: Sequence[bool], reasons: Sequence[str | None], fin
 def judge_feedback_prompt(problem: str, steps: Sequence[str], verdicts: Sequence[bool]) -> str:
     """Label-aware request to the critic: the verdicts are given, the critic explains them."""
     lines = ["Here is a step-by-step solution to a math problem, with the verdict on each step already known.",
-             "", "Problem:", problem.strip(), "", "Solution:"]
-    for k, s in enumerate(steps[:len(verdicts)], 1):
-        lines += [f"Step {k}: {s.strip()}", ""]
+             "", *solution_lines(problem, steps[:len(verdicts)])]
     lines.append("Known verdicts: " + "; ".join(f"Step {k} is {'correct' if ok else 'incorrect'}"
                                                 for k, ok in enumerate(verdicts, 1)) + ".")
     lines.append("Explain each verdict in one sentence, one line per step, exactly in the form "
