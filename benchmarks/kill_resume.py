@@ -78,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     kills = failed_resumes = broken = 0
     first = True
     while kills < a.kills:
-        args = cli(str(recipe), "--run-dir", str(run)) if first else cli("--resume", str(run))
-        proc = subprocess.Popen(args, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+        # a kill before the run folder had its recipe.yaml leaves nothing to resume: start it again
+        fresh = first or not (run / "recipe.yaml").is_file()
+        args = cli(str(recipe), "--run-dir", str(run)) if fresh else cli("--resume", str(run))
+        log = work / "attempt.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(args, env=env(), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
         first = False
         delay = rng.uniform(0.3 * full_time, 1.0 * full_time)
         try:
@@ -100,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if proc.returncode != 0:
             failed_resumes += 1
-            print(f"run/resume failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            tail = log.read_text().strip().splitlines()[-1:]
+            print(f"run/resume failed (exit {proc.returncode}): {tail}")
         if (run / "run_info.json").is_file():  # finished before the kill: start a fresh kill round from scratch
             subprocess.run(["rm", "-rf", str(run)], check=True)
             first = True
-    final = subprocess.run(cli("--resume", str(run)) if not first else cli(str(recipe), "--run-dir", str(run)),
+    fresh = first or not (run / "recipe.yaml").is_file()
+    final = subprocess.run(cli(str(recipe), "--run-dir", str(run)) if fresh else cli("--resume", str(run)),
                            env=env(), cwd=REPO, capture_output=True, text=True)
     if final.returncode != 0:
         failed_resumes += 1
