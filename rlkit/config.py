@@ -150,7 +150,8 @@ def _check_peft(recipe: Recipe) -> None:
         return
     if not get_algorithm(recipe.algorithm.name).supports_peft:
         peft_names = [n for n in algorithm_names() if get_algorithm(n).supports_peft]
-        raise RecipeError(f"peft: LoRA is supported for algorithm.name {' and '.join(peft_names)} only, "
+        names = ", ".join(peft_names[:-1]) + f" and {peft_names[-1]}" if len(peft_names) > 1 else peft_names[0]
+        raise RecipeError(f"peft: LoRA is supported for algorithm.name {names} only, "
                           f"not {recipe.algorithm.name!r} (remove the peft: block)")
     if pc.r < 1:
         raise RecipeError(f"peft.r: the LoRA rank must be >= 1, got {pc.r}")

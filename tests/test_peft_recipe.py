@@ -62,7 +62,7 @@ def _logps(model, tok):
     (["peft=true"], "peft: expected a mapping, got True"),
     (["peft={}", "optimizer={name: onties, args: {alpha: 0}}"], "peft: optimizer onties cannot train a LoRA policy"),
     (["peft={}", "optimizer.name=ondare"], "peft: optimizer ondare cannot train a LoRA policy"),  # alpha 1e-7
-    (["peft={}", "algorithm.name=prm"], "peft: LoRA is supported for algorithm.name grpo and ppo only, not 'prm'"),
+    (["peft={}", "algorithm.name=prm"], "peft: LoRA is supported for algorithm.name grpo, ppo and sft only, not 'prm'"),
     (["training.use_peft=true"], "training.use_peft: LoRA is the recipe's top-level peft: block"),
     (["training.lora_r=8"], "training.lora_r: LoRA is the recipe's top-level peft: block"),
 ])

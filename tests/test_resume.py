@@ -125,11 +125,11 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_dirs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, kills", [("grpo", 3), ("ppo", 2)])
+@pytest.mark.parametrize("algo, kills", [("grpo", 2), ("ppo", 1)])
 def test_kill_test_ends_on_the_uninterrupted_weights(algo, kills, tmp_path, capsys):
     # the suite runs a few kills; `python benchmarks/kill_resume.py --kills 20` is the count
-    assert kill_main(["--algo", algo, "--kills", str(kills), "--steps", "6", "--workdir", str(tmp_path)]) == 0
+    assert kill_main(["--algo", algo, "--kills", str(kills), "--steps", "4", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "failed resumes 0, broken checkpoints 0, final step 6" in out and "max |param diff|" in out
+    assert "failed resumes 0, broken checkpoints 0, final step 4" in out and "max |param diff|" in out
     assert math.isfinite(float(out.split("uninterrupted ")[1].split()[0]))
     assert os.path.isdir(tmp_path / "killed" / "policy")
