@@ -2,7 +2,8 @@
 
 Several param groups (own lr and weight decay), tensors large enough for OnTIES' sampled top-k candidates
 (> 2**16 elements) and for several mask chunks (> 2**20), p < 1 and alpha > 0, merge_every, resample_tau, and
-flat partitions (one optimizer tensor holding several model tensors plus padding, as under DeepSpeed ZeRO).
+flat partitions (one optimizer tensor holding several model tensors plus padding, as under DeepSpeed ZeRO), and
+the packed path of tensors up to 2**16 elements.
 Masks: the bulk generator draws the same per-chunk random stream, so no mask is injected; positions are
 compared exactly. Parameters: to 1e-6 (lr = 1e-2, so one wrongly kept entry would be off by ~1e-2). The fused
 kernel's second moment and Delta differ from the old eager math by an ulp here and there, so OnTIES' top-k
@@ -23,7 +24,7 @@ import online_merging_reference as ref
 from rlkit.optim import OnDAREAdamW, OnTIESAdamW, Segment, TensorReference
 from rlkit.optim import merge_select as ms
 
-SHAPES = {"big": (1100, 1000), "mid": (300, 300), "bias": (300,), "small": (5, 3)}
+SHAPES = {"big": (1100, 1000), "mid": (300, 300), "bias": (300,), "small": (5, 3), "norm": (64,)}
 
 
 def _params(seed=0):
@@ -32,7 +33,7 @@ def _params(seed=0):
 
 
 def _groups(ps):
-    return [{"params": [ps["big"], ps["small"]], "weight_decay": 0.1},
+    return [{"params": [ps["big"], ps["small"], ps["norm"]], "weight_decay": 0.1},  # two small ones: packed
             {"params": [ps["mid"], ps["bias"]], "weight_decay": 0.0, "lr": 5e-3}]
 
 

@@ -148,6 +148,8 @@ def _positions_ge(a: torch.Tensor, t: torch.Tensor, rows: int = 8) -> torch.Tens
     cols = _flatnonzero(body.amax(0) >= t)
     f = _flatnonzero(body.index_select(1, cols) >= t)  # row-major over (rows, len(cols)): ascending
     pos = cols.index_select(0, f % cols.numel()).add_(f.div_(max(1, cols.numel()), rounding_mode="floor") * w)
+    if n == rows * w:
+        return pos
     return torch.cat([pos, _flatnonzero(a[rows * w:] >= t).add_(rows * w)])
 
 

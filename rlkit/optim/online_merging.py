@@ -217,6 +217,8 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
         return ms.mask_positions(segs, self.p, self.seed, tag, step, device)
 
     def _masks(self, items: List[_Item], tag: str, step: int) -> List[torch.Tensor]:
+        if not items:
+            return []
         return ms.mask_positions_many([it.segs for it in items], self.p, self.seed, tag, step,
                                       items[0].flat.device)
 
@@ -365,14 +367,40 @@ class OnDAREAdamW(OnlineMergingAdamW):
                     it.flat.mul_(1 - h.lr * h.wd)
                 self._merge_dense(it, delta, h)
             return
+        small = [it for it in items if self._is_small(it)]
+        if small:
+            self._merge_small(small, h)
+        big = [it for it in items if not self._is_small(it)]
         scale = (1 - h.alpha) * self._scale()
-        tau_idx = self._masks(items, "tau", h.step) if h.alpha and self.resample_tau else [None] * len(items)
-        for it, i, ti in zip(items, self._masks(items, "delta", h.step), tau_idx):
+        tau_idx = self._masks(big, "tau", h.step) if h.alpha and self.resample_tau else [None] * len(big)
+        for it, i, ti in zip(big, self._masks(big, "delta", h.step), tau_idx):
             # one tensor at a time, so its moments and values are still in cache for the sparse part
             m, v = it.st["exp_avg"], it.st["exp_avg_sq"]
             _fused_adamw([it.flat], [it.grad], [m], [v], h, h.wd, math.inf)  # moments, decay; update 0
             it.flat.index_add_(0, i, _delta_at(m.index_select(0, i), v.index_select(0, i), h).mul_(scale))
             self._merge_tau(it, h, ti)
+
+    def _merge_small(self, items, h):
+        """Tensors of at most 2**16 elements, packed end to end: a few ops for all of them."""
+        flats, sizes = [it.flat for it in items], [it.flat.numel() for it in items]
+        m, v = [it.st["exp_avg"] for it in items], [it.st["exp_avg_sq"] for it in items]
+        _fused_adamw(flats, [it.grad for it in items], m, v, h, h.wd, math.inf)
+        starts = [0]
+        for n in sizes[:-1]:
+            starts.append(starts[-1] + n)
+        packed_segs = [[s._replace(offset=s.offset + o) for it, o in zip(items, starts) for s in it.segs]]
+        dev = flats[0].device
+        pos = ms.mask_positions_many(packed_segs, self.p, self.seed, "delta", h.step, dev)[0]
+        d = _delta_at(torch.cat(m).index_select(0, pos), torch.cat(v).index_select(0, pos), h)
+        packed = torch.cat(flats).index_add_(0, pos, d.mul_((1 - h.alpha) * self._scale()))
+        if h.alpha:
+            tau = torch.cat([it.st["tau"] for it in items])
+            if self.resample_tau:
+                ti = ms.mask_positions_many(packed_segs, self.p, self.seed, "tau", h.step, dev)[0]
+                packed.index_add_(0, ti, tau[ti].mul_(h.alpha * self._scale()))
+            else:
+                packed.add_(tau, alpha=h.alpha)
+        torch._foreach_copy_(flats, list(packed.split(sizes)))
 
     def _scale(self) -> float:
         return (1.0 / self.p) if self.rescale else 1.0
@@ -431,6 +459,7 @@ class OnTIESAdamW(OnlineMergingAdamW):
             self._merge_small(small, h)
         big = [it for it in items if not self._is_small(it)]
         pieces = {id(it): it.segs + self._gaps(it) for it in big}
+        dist = self._dist()
         buf = big[0].flat.new_empty(max(s.length for x in pieces.values() for s in x)) if big else None
         for it in big:  # one tensor at a time: a scratch of the largest, and its values still in cache
             if h.wd:
@@ -441,12 +470,13 @@ class OnTIESAdamW(OnlineMergingAdamW):
                 sc = buf[: s.length]
                 if s.length:
                     sc.zero_()  # the kernel adds Adam's update to it: sc = Delta
-                    _fused_adamw([sc], [g.narrow(0, s.offset, s.length)], [m.narrow(0, s.offset, s.length)],
-                                 [v.narrow(0, s.offset, s.length)], h, 0.0, h.eps)
+                    whole = s.length == it.flat.numel()
+                    _fused_adamw([sc], *([x] if whole else [x.narrow(0, s.offset, s.length)] for x in (g, m, v)),
+                                 h, 0.0, h.eps)
                 if s.name is not None:
                     pos, val = ms.candidates(sc.abs_(), min(ms.k_of(s.numel, self.p), s.length))
-                    cands.append((pos.add_(s.offset), val))
-            idx, a = ms.topk_select(cands, it.segs, self.p, *self._dist())
+                    cands.append((pos.add_(s.offset) if s.offset else pos, val))
+            idx, a = ms.topk_select(cands, it.segs, self.p, *dist)
             d = a.copysign_(m.index_select(0, idx)).neg_()  # sign(Delta) = -sign(m): lr / bc1, denominator > 0
             u = self._election(d, it.st["tau"].index_select(0, idx), h.alpha)
             if h.alpha:
