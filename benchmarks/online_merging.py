@@ -9,8 +9,8 @@ and machine noise hit all alike), each on its own copy of the model with the sam
 through ``--grad-sets`` random sets (default 2: they change every step as in training; 1 = the same gradient
 every step, which keeps OnTIES in its many-ties regime, like step 1 of training). Reported: the median of
 ``--reps`` steps after ``--warmup`` (the first step also builds tau), each optimizer's ratio to the fastest
-AdamW form, and memory: optimizer state bytes (exact) plus what the merging optimizers cache outside it, and on
-CUDA the peak allocated during a step. Goals (issue 18): OnDARE <= 1.5x, OnTIES <= 3x the fastest AdamW,
+AdamW form, and memory: optimizer state bytes (exact) plus what the merging optimizers cache outside it, and
+on CUDA the peak allocated during a step. Goals (issue 18): OnDARE <= 1.5x, OnTIES <= 3x the fastest AdamW,
 memory <= one extra parameter-sized tensor (tau).
 """
 
@@ -101,9 +101,10 @@ def main(argv=None):
     for k in kinds:
         opt = runs[k][1]
         sb, cb = state_bytes(opt), getattr(opt, "cache_bytes", lambda: 0)()
-        line = (f"{k:13s} step {med[k] * 1e3:8.2f} ms  ratio {med[k] / t0:5.2f}x  (min {min(times[k]) * 1e3:.2f} "
-                f"ms) | state {sb / 2**20:7.1f} MiB +{(sb - s0) / (4 * n_params):.2f} params, cache "
-                f"{cb / 2**20:5.1f} MiB +{cb / (4 * n_params):.3f} params")
+        line = (f"{k:13s} step {med[k] * 1e3:8.2f} ms  ratio {med[k] / t0:5.2f}x  "
+                f"(min {min(times[k]) * 1e3:.2f} ms) | state {sb / 2**20:7.1f} MiB "
+                f"+{(sb - s0) / (4 * n_params):.2f} params, cache {cb / 2**20:5.1f} MiB "
+                f"+{cb / (4 * n_params):.3f} params")
         if k in peak:
             line += f" | step peak {peak[k] / 2**20:.1f} MiB ratio {peak[k] / max(peak[fastest], 1):.2f}x"
         print(line)

@@ -17,7 +17,8 @@ GRPO_EXAMPLES = ["custom_reward.py", "custom_credit.py", "trainer_subclass.py", 
 
 def run_script(folder: str, name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     # PYTHONPATH: the scripts import this checkout's rlkit, not whichever one the environment has installed
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, str(REPO / folder / name), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
@@ -99,11 +100,12 @@ def test_grpo_overhead_and_online_merging_benchmarks_print_ratios():
     assert m and float(m.group(1)) > 0, out
     out = _run_benchmark("online_merging.py", "--device", "cpu", "--hidden", "64", "--layers", "1", "--warmup", "1",
                          "--reps", "1")
-    rows = re.findall(r"^(adamw-fused|adamw-foreach|adamw-loop|ondare|onties)\s+step\s+([0-9.]+) ms\s+ratio\s+"
-                      r"([0-9.]+)x.*\| state\s+[0-9.]+ MiB \+([0-9.]+) params", out, re.M)
+    rows = re.findall(r"^(adamw-fused|adamw-foreach|adamw-loop|ondare|onties)\s+step\s+([0-9.]+) ms\s+"
+                      r"ratio\s+([0-9.]+)x.*\| state\s+[0-9.]+ MiB \+([0-9.]+) params", out, re.M)
     got = {name: (float(ms), float(ratio), float(extra)) for name, ms, ratio, extra in rows}
     assert set(got) == {"adamw-fused", "adamw-foreach", "adamw-loop", "ondare", "onties"}, out
-    assert min(got[k][1] for k in got if k.startswith("adamw")) == 1.0 and all(v[0] > 0 for v in got.values()), out
+    assert min(got[k][1] for k in got if k.startswith("adamw")) == 1.0, out
+    assert all(v[0] > 0 for v in got.values()), out
     assert got["ondare"][2] == got["onties"][2] == 1.0, out  # tau: one extra parameter-sized tensor of state
     assert re.search(r"^fastest AdamW: adamw-\w+ .*ondare <= 1.5x \([0-9.]+x\)", out, re.M), out
 

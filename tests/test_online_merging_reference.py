@@ -1,9 +1,9 @@
-"""The fused OnDARE / OnTIES equal the pre-fused implementation (tests/online_merging_reference.py) update for update.
+"""Fused OnDARE / OnTIES equal the pre-fused implementation (tests/online_merging_reference.py), update for update.
 
 Several param groups (own lr and weight decay), tensors large enough for OnTIES' sampled top-k candidates
 (> 2**16 elements) and for several mask chunks (> 2**20), p < 1 and alpha > 0, merge_every, resample_tau, and
-flat partitions (one optimizer tensor holding several model tensors plus padding, as under DeepSpeed ZeRO), and
-the packed path of tensors up to 2**16 elements.
+flat partitions (one optimizer tensor holding several model tensors plus padding, as under DeepSpeed ZeRO),
+and the packed path of tensors up to 2**16 elements.
 Masks: the bulk generator draws the same per-chunk random stream, so no mask is injected; positions are
 compared exactly. Parameters: to 1e-6 (lr = 1e-2, so one wrongly kept entry would be off by ~1e-2). The fused
 kernel's second moment and Delta differ from the old eager math by an ulp here and there, so OnTIES' top-k
@@ -17,10 +17,10 @@ first among equal values) is compared on the same values, with massive ties, in
 
 from __future__ import annotations
 
+import online_merging_reference as ref
 import pytest
 import torch
 
-import online_merging_reference as ref
 from rlkit.optim import OnDAREAdamW, OnTIESAdamW, Segment, TensorReference
 from rlkit.optim import merge_select as ms
 
@@ -48,13 +48,13 @@ def _base(ps):
 
 
 CASES = [
-    (OnDAREAdamW, dict(p=0.05, alpha=0.05)),
-    (OnDAREAdamW, dict(p=0.3, alpha=0.05, rescale=False)),  # p > 0.1: dense mask draws
-    (OnDAREAdamW, dict(p=0.05, alpha=0.05, resample_tau=True)),
-    (OnDAREAdamW, dict(p=0.05, alpha=0.05, merge_every=2)),
-    (OnTIESAdamW, dict(p=0.05, alpha=0.05, eps=1e-3)),
-    (OnTIESAdamW, dict(p=0.3, alpha=0.05, eps=1e-3)),
-    (OnTIESAdamW, dict(p=0.02, alpha=0.05, eps=1e-3, merge_every=2)),
+    (OnDAREAdamW, {"p": 0.05, "alpha": 0.05}),
+    (OnDAREAdamW, {"p": 0.3, "alpha": 0.05, "rescale": False}),  # p > 0.1: dense mask draws
+    (OnDAREAdamW, {"p": 0.05, "alpha": 0.05, "resample_tau": True}),
+    (OnDAREAdamW, {"p": 0.05, "alpha": 0.05, "merge_every": 2}),
+    (OnTIESAdamW, {"p": 0.05, "alpha": 0.05, "eps": 1e-3}),
+    (OnTIESAdamW, {"p": 0.3, "alpha": 0.05, "eps": 1e-3}),
+    (OnTIESAdamW, {"p": 0.02, "alpha": 0.05, "eps": 1e-3, "merge_every": 2}),
 ]
 
 
@@ -128,8 +128,9 @@ def _numel(n):
     return out
 
 
-@pytest.mark.parametrize("cls,kw", [(OnDAREAdamW, dict(p=0.05, alpha=0.05)),
-                                    (OnTIESAdamW, dict(p=0.05, alpha=0.05, eps=1e-3))], ids=["ondare", "onties"])
+@pytest.mark.parametrize("cls,kw", [(OnDAREAdamW, {"p": 0.05, "alpha": 0.05}),
+                                    (OnTIESAdamW, {"p": 0.05, "alpha": 0.05, "eps": 1e-3})],
+                         ids=["ondare", "onties"])
 def test_flat_partition_equals_reference_and_per_tensor(cls, kw):
     ps = _params()
     base = _base(ps)
@@ -176,3 +177,18 @@ def test_topk_selection_equals_reference_with_ties(p):
     idx, vals = ms.topk_select(ms.dense_candidates(a, segs, p), segs, p)
     assert torch.equal(idx.sort().values, want.sort().values) and torch.equal(vals, a[idx])
     assert idx.numel() == sum(ms.k_of(s.numel, p) for s in segs)
+
+
+def test_sharded_selection_equals_local_selection(monkeypatch):
+    """The multi-rank path on one process: a tensor split into pieces (as ZeRO shards it), collectives
+    replaced by the identity (world size 1), must keep exactly what the unsplit selection keeps, ties too."""
+    monkeypatch.setattr(ms, "_gather_rows", lambda rows, group: rows)
+    g = torch.Generator().manual_seed(2)
+    a = torch.cat([torch.randint(0, 30, (200_000,), generator=g).float(), torch.rand(5000, generator=g)])
+    whole = [Segment("x", 0, 200_000, 0, 200_000), Segment("y", 200_000, 5000, 0, 5000)]
+    pieces = [Segment("x", 0, 70_000, 0, 200_000), Segment("y", 200_000, 5000, 0, 5000),
+              Segment("x", 70_000, 130_000, 70_000, 200_000)]
+    for p in (0.01, 0.3):
+        want = ms.topk_select(ms.dense_candidates(a, whole, p), whole, p)[0].sort().values
+        got, vals = ms.topk_select(ms.dense_candidates(a, pieces, p), pieces, p, None, {"x": 0, "y": 1})
+        assert torch.equal(got.sort().values, want) and torch.equal(vals, a[got])

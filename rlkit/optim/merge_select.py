@@ -2,9 +2,9 @@
 
 Masks are functions of (seed, tag, step, tensor name, element index) only: element ``i`` of model tensor ``T``
 belongs to chunk ``i // 2**20``, and each (T, chunk) has its own generator seeded by :func:`key`. A parameter
-sharded by DeepSpeed ZeRO therefore gets the same mask as in one process. :func:`mask_positions_many` gives the
-same positions as calling :func:`mask_positions` tensor by tensor (same generators, same draws), with the
-arithmetic done once on one buffer instead of ~15 small ops per chunk.
+sharded by DeepSpeed ZeRO therefore gets the same mask as in one process. :func:`mask_positions_many` gives
+the same positions as calling :func:`mask_positions` tensor by tensor (same generators, same draws), with
+the arithmetic done once on one buffer instead of ~15 small ops per chunk.
 
 Top-k: exactly ``k = max(1, ceil(p * numel))`` entries per model tensor, ties at the k-th value going to the
 lowest flat index; exact also when the tensor is split over ranks (candidates and tie counts are gathered).
@@ -83,7 +83,8 @@ def mask_positions_many(segs_list: Sequence, p: float, seed: int, tag: str, step
 
     One generator per chunk still draws its uniforms (into one float64 buffer); the gaps, the per-chunk
     cumulative sums and the segment filter are computed once over the buffer. A chunk whose draws do not
-    reach its end (the rare case where :func:`kept_positions` draws again) is redone by :func:`mask_positions`.
+    reach its end (the rare case where :func:`kept_positions` draws again) is redone by
+    :func:`mask_positions`.
     """
     empty = torch.zeros(0, dtype=torch.int64, device=device)
     if p > 0.1:  # dense draws (torch.rand(n) < p): per chunk work is the draw itself
@@ -130,27 +131,30 @@ def candidates(a: torch.Tensor, k: int) -> Cands:
     are copies, so ``a`` may be a scratch buffer that is overwritten afterwards."""
     n = a.numel()
     if k < n and n > (1 << 16) and k * 8 < n:  # cheap lower bound from a strided sample, verified below
-        s = a[:: n >> 14]
+        s = a[:: n >> 14].contiguous()
         ks = min(s.numel(), int(k / n * s.numel() * 1.5) + 16)
-        pos = _positions_ge(a, torch.topk(s, ks, sorted=False).values.min())
+        pos, val = _entries_ge(a, torch.topk(s, ks, sorted=False).values.min())
         if pos.numel() >= k:
-            return pos, a.index_select(0, pos)
+            return pos, val
     return torch.arange(n, device=a.device), a.clone()
 
 
-def _positions_ge(a: torch.Tensor, t: torch.Tensor, rows: int = 8) -> torch.Tensor:
-    """Ascending positions of a >= t, found through the column maxima of ``a`` viewed as (rows, n / rows):
-    only the ~1 - (1 - q)**rows of the columns that hold a hit (q: hit rate) are compared entry by entry
-    (about 2x faster on CPU than one dense compare and nonzero for q ~ 1.5%)."""
+def _entries_ge(a: torch.Tensor, t: torch.Tensor, rows: int = 8) -> Cands:
+    """Ascending positions and values of a >= t, found through the column maxima of ``a`` viewed as
+    (rows, n / rows): only the ~1 - (1 - q)**rows of the columns that hold a hit (q: hit rate) are compared
+    entry by entry (about 2x faster on CPU than one dense compare and nonzero for q ~ 1.5%)."""
     n = a.numel()
     w = n // rows
     body = a[: rows * w].view(rows, w)
     cols = _flatnonzero(body.amax(0) >= t)
-    f = _flatnonzero(body.index_select(1, cols) >= t)  # row-major over (rows, len(cols)): ascending
-    pos = cols.index_select(0, f % cols.numel()).add_(f.div_(max(1, cols.numel()), rounding_mode="floor") * w)
+    sub = body.index_select(1, cols)
+    f = _flatnonzero(sub >= t)  # row-major over (rows, len(cols)): ascending flat positions
+    pos = (cols + torch.arange(0, rows * w, w, device=a.device)[:, None]).view(-1).index_select(0, f)
+    val = sub.view(-1).index_select(0, f)
     if n == rows * w:
-        return pos
-    return torch.cat([pos, _flatnonzero(a[rows * w:] >= t).add_(rows * w)])
+        return pos, val
+    tail = _flatnonzero(a[rows * w:] >= t).add_(rows * w)
+    return torch.cat([pos, tail]), torch.cat([val, a.index_select(0, tail)])
 
 
 def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -194,8 +198,6 @@ def _gather_rows(rows: torch.Tensor, group) -> torch.Tensor:
 def _thresholds(cands: List[Cands], segs, p: float, group, ids_of) -> List[float]:
     """Per segment: the k-th largest value over the *whole* model tensor (exact, also when sharded)."""
     ks = [k_of(s.numel, p) for s in segs]
-    if ids_of is None:
-        return [torch.topk(v, k, sorted=False).values.min().item() for (_, v), k in zip(cands, ks)]
     dev = cands[0][1].device if cands else "cpu"
     vals = torch.cat([v.float() for _, v in cands] + [torch.zeros(0, device=dev)])
     ids = torch.cat([torch.full((v.numel(),), ids_of[s.name], dtype=torch.int64, device=dev)
@@ -213,48 +215,48 @@ def topk_select(cands: List[Cands], segs, p: float, group=None,
                 ids_of: Optional[Dict[str, int]] = None) -> Cands:
     """Flat positions and values of the top-k per model tensor from per-segment candidates: exactly k, ties
     broken by the lowest index in the flattened tensor. ``ids_of`` (name -> id) and ``group``: sharded."""
-    return _local_topk(cands, segs, p) if ids_of is None else _rule_topk(cands, segs, p, group, ids_of)
+    return _local_topk(cands, segs, p) if ids_of is None else _sharded_topk(cands, segs, p, group, ids_of)
 
 
-def _rule_topk(cands: List[Cands], segs, p: float, group, ids_of) -> Cands:
-    """:func:`topk_select` by the rule itself: values > k-th, then values == k-th by ascending position."""
+def _sharded_topk(cands: List[Cands], segs, p: float, group, ids_of) -> Cands:
+    """:func:`topk_select` across ranks: the k-th value from all ranks' candidates, then values above it and
+    as many of the equal ones as fit, by ascending flat index (tie counts of lower-index pieces gathered)."""
+    dev = cands[0][0].device if cands else "cpu"
     thr = _thresholds(cands, segs, p, group, ids_of)
     gt, eq = [], []
     for (pos, val), t in zip(cands, thr):
         g, e = val > t, val == t
         gt.append((pos[g], val[g]))
         eq.append((pos[e], val[e]))
-    if ids_of is None:
-        before = [x.numel() for x, _ in gt]
-    else:
-        dev = cands[0][0].device
-        stats = torch.tensor([[ids_of[s.name], s.start, g.numel(), e.numel()]
-                              for s, (g, _), (e, _) in zip(segs, gt, eq)], dtype=torch.int64, device=dev)
-        allst = _gather_rows(stats.view(-1, 4), group)
-        before = []
-        for s in segs:
-            same = allst[:, 0] == ids_of[s.name]
-            before.append(int(allst[same, 2].sum()) + int(allst[same & (allst[:, 1] < s.start), 3].sum()))
+    stats = torch.tensor([[ids_of[s.name], s.start, g.numel(), e.numel()]
+                          for s, (g, _), (e, _) in zip(segs, gt, eq)], dtype=torch.int64, device=dev)
+    allst = _gather_rows(stats.view(-1, 4), group)
+    before = []
+    for s in segs:
+        same = allst[:, 0] == ids_of[s.name]
+        before.append(int(allst[same, 2].sum()) + int(allst[same & (allst[:, 1] < s.start), 3].sum()))
     idx, vals = [], []
     for s, (gp, gv), (ep, ev), b in zip(segs, gt, eq, before):
         take = max(0, min(ep.numel(), k_of(s.numel, p) - b))
         idx += [gp, ep[:take]]
         vals += [gv, ev[:take]]
     if not idx:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        return torch.zeros(0, dtype=torch.int64, device=dev), torch.zeros(0, device=dev)
     return torch.cat(idx), torch.cat(vals)
 
 
 def _local_topk(cands: List[Cands], segs, p: float) -> Cands:
-    """:func:`topk_select` of unsharded tensors: the k-th largest value by ``torch.kthvalue``, then a mask over
-    the candidates (kept positions stay ascending); the lowest-index rule only where equal values straddle it."""
+    """:func:`topk_select` of unsharded tensors: the k-th largest value by ``torch.kthvalue``, then a mask
+    over the candidates (kept positions stay ascending); the lowest-index rule where equal values straddle
+    the cut."""
+    dev = cands[0][0].device if cands else "cpu"
     idx, vals = [], []
     for (pos, val), s in zip(cands, segs):
         k = k_of(s.numel, p)
         if k < val.numel():
             thr = torch.kthvalue(val, val.numel() - k + 1).values
             keep = val >= thr
-            if int(torch.count_nonzero(keep)) != k:  # ties at the k-th value: the ones above, then the first equal
+            if int(torch.count_nonzero(keep)) != k:  # ties at the k-th: all above it, then the first equal
                 eq = val == thr
                 keep = (val > thr) | (eq & (eq.cumsum(0) <= k - int(torch.count_nonzero(val > thr))))
             i = _flatnonzero(keep)
@@ -262,5 +264,5 @@ def _local_topk(cands: List[Cands], segs, p: float) -> Cands:
         idx.append(pos)
         vals.append(val)
     if not idx:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        return torch.zeros(0, dtype=torch.int64, device=dev), torch.zeros(0, device=dev)
     return torch.cat(idx), torch.cat(vals)

@@ -15,17 +15,17 @@ then the Adam update ``Delta`` is sparsified and merged with the reference task 
   once). Sign election per entry: ``s = +1 if tau' + Delta' >= 0 else -1`` (unweighted sum); entries of
   ``Delta'`` and ``tau'`` whose sign differs from ``s`` are dropped (zeros have no sign, contribute nothing).
 
-Implementation (why it is fast): the Adam part is torch's fused AdamW kernel (``torch._fused_adamw_``, one pass
-per element). OnDARE calls it once per param group with ``eps = inf``, which updates the moments and applies
-the weight decay but makes the dense update exactly 0; Adam's update is then computed only at the ~p*n kept
-positions (from the gathered moments) and added there. OnTIES lets the kernel write ``Delta`` into a scratch
-buffer (one model tensor at a time, reused), takes the top-k candidates from it and merges at those
-positions. ``tau'`` is added only at its nonzero positions when it is sparse (their positions and values
-cached, 2 * p * n numbers). Consequences: OnDARE with ``p=1, alpha=0`` is bit-for-bit ``torch.optim.AdamW(fused=True)`` (and equal
-to the for-loop AdamW to rounding; the kernel's second moment differs from ``mul_().addcmul_()`` by an ulp);
-OnTIES with ``p=1, alpha=0`` equals it only when ``tau = 0`` (the sign election still uses tau). OnTIES' top-k
-is over the kernel's ``Delta``, so versus an eager-math AdamW the kept set can differ only where two
-``|Delta|`` lie within an ulp of the k-th value.
+Implementation (why it is fast): the Adam part is torch's fused AdamW kernel (``torch._fused_adamw_``, one
+pass per element). OnDARE calls it with ``eps = inf``, which updates the moments and applies the weight decay
+but makes the dense update exactly 0; Adam's update is then computed only at the ~p*n kept positions (from
+the gathered moments) and added there. OnTIES lets the kernel write ``Delta`` into a scratch buffer (one
+model tensor at a time, reused), takes top-k candidates from it and merges at the kept positions. Tensors of
+at most 2**16 elements are stepped packed together. ``tau'`` is added only at its nonzero positions when it
+is sparse (positions and values cached, 2 * p * n numbers). Consequences: OnDARE with ``p=1, alpha=0`` is
+bit-for-bit ``torch.optim.AdamW(fused=True)`` (and the for-loop AdamW to rounding: the kernel's second
+moment differs from ``mul_().addcmul_()`` by an ulp here and there); OnTIES with ``p=1, alpha=0`` equals it
+only when ``tau = 0`` (the sign election still uses tau). OnTIES' top-k is over the kernel's ``Delta``, so
+versus eager-math AdamW the kept set can differ only where two ``|Delta|`` lie within an ulp of the k-th.
 
 ``merge_every=K > 1``: the K-1 steps in between apply plain AdamW updates and accumulate them; the K-th step
 rolls them back and applies the merge of the accumulated update (the released code's bug, where non-merge
@@ -34,8 +34,9 @@ steps updated only the first parameter, is absent: every parameter is handled ev
 
 Masks and top-k thresholds are functions of (seed, step, tensor name, element index) only, so a parameter
 sharded by DeepSpeed ZeRO gets the same update as in one process, and replicas (DDP/ZeRO-0) agree
-(:mod:`rlkit.optim.merge_select`). Sharding is described by a *reference* object (see :class:`TensorReference`,
-and ``rlkit.optim.zero_mapping.SafetensorsReference`` for HF folders and ZeRO-2/3 flat partitions).
+(:mod:`rlkit.optim.merge_select`). Sharding is described by a *reference* object (see
+:class:`TensorReference`, and ``rlkit.optim.zero_mapping.SafetensorsReference`` for HF folders and ZeRO-2/3
+flat partitions).
 
 Example::
 
@@ -182,7 +183,7 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
             raise ValueError(f"merge_every must be >= 1, got {merge_every}")
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.p, self.alpha, self.reference = float(p), float(alpha), reference
         self.merge_every, self.seed, self.alpha_follows_lr = int(merge_every), int(seed), alpha_follows_lr
         self.rescale, self.resample_tau = bool(rescale), bool(resample_tau)
@@ -249,7 +250,8 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
             nz = torch.nonzero(tau).view(-1)
             sparse = None
             if nz.numel() * 16 <= tau.numel():
-                sparse = (nz.to(torch.int32 if tau.numel() < 2 ** 31 else torch.int64), tau.index_select(0, nz))
+                small = tau.numel() < 2 ** 31
+                sparse = (nz.to(torch.int32 if small else torch.int64), tau.index_select(0, nz))
             hit = (tau, sparse)
             self._tau_pos[id(tau)] = hit
         return hit[1]
@@ -263,14 +265,14 @@ class OnlineMergingAdamW(torch.optim.Optimizer):
             it.flat.index_add_(0, sparse[0], sparse[1], alpha=alpha)
 
     def cache_bytes(self) -> int:
-        """Bytes held outside ``state`` across steps: positions and values of sparse tau' (2 * 4 * p * numel)."""
+        """Bytes held outside ``state`` across steps: positions and values of sparse tau' (8 * p * numel)."""
         return sum(t.numel() * t.element_size() for _, sp in self._tau_pos.values() if sp for t in sp)
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._tau_pos.clear()
         super().load_state_dict(state_dict)
 
-    # ---- step -----------------------------------------------------------------------------------------------
+    # ---- step -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Optional[Callable] = None):
         loss = None
@@ -357,8 +359,8 @@ class OnDAREAdamW(OnlineMergingAdamW):
 
     def _merge_step(self, items, h):
         if self.p >= 1.0 and not h.alpha:  # plain AdamW
-            _fused_adamw([it.flat for it in items], [it.grad for it in items], [it.st["exp_avg"] for it in items],
-                         [it.st["exp_avg_sq"] for it in items], h, h.wd, h.eps)
+            m, v = [it.st["exp_avg"] for it in items], [it.st["exp_avg_sq"] for it in items]
+            _fused_adamw([it.flat for it in items], [it.grad for it in items], m, v, h, h.wd, h.eps)
             return
         if self.p >= 1.0:
             for it in items:
@@ -471,13 +473,13 @@ class OnTIESAdamW(OnlineMergingAdamW):
                 if s.length:
                     sc.zero_()  # the kernel adds Adam's update to it: sc = Delta
                     whole = s.length == it.flat.numel()
-                    _fused_adamw([sc], *([x] if whole else [x.narrow(0, s.offset, s.length)] for x in (g, m, v)),
-                                 h, 0.0, h.eps)
+                    gmv = ([x] if whole else [x.narrow(0, s.offset, s.length)] for x in (g, m, v))
+                    _fused_adamw([sc], *gmv, h, 0.0, h.eps)
                 if s.name is not None:
                     pos, val = ms.candidates(sc.abs_(), min(ms.k_of(s.numel, self.p), s.length))
                     cands.append((pos.add_(s.offset) if s.offset else pos, val))
             idx, a = ms.topk_select(cands, it.segs, self.p, *dist)
-            d = a.copysign_(m.index_select(0, idx)).neg_()  # sign(Delta) = -sign(m): lr / bc1, denominator > 0
+            d = a.copysign_(m.index_select(0, idx)).neg_()  # sign(Delta) = -sign(m): lr / bc1, denom > 0
             u = self._election(d, it.st["tau"].index_select(0, idx), h.alpha)
             if h.alpha:
                 self._add_tau(it, h.alpha)
