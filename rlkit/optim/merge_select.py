@@ -25,6 +25,7 @@ import math
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 CHUNK = 1 << 20  # mask RNG granularity (elements of a tensor): chunk c of tensor T has its own generator
@@ -146,19 +147,25 @@ def _entries_ge(a: torch.Tensor, t: torch.Tensor, rows: int = 8) -> Cands:
     n = a.numel()
     w = n // rows
     body = a[: rows * w].view(rows, w)
-    cols = _flatnonzero(body.amax(0) >= t)
+    cols = where_ge(body.amax(0), t)
     sub = body.index_select(1, cols)
-    f = _flatnonzero(sub >= t)  # row-major over (rows, len(cols)): ascending flat positions
+    f = where_ge(sub, t)  # row-major over (rows, len(cols)): ascending flat positions
     pos = (cols + torch.arange(0, rows * w, w, device=a.device)[:, None]).view(-1).index_select(0, f)
     val = sub.view(-1).index_select(0, f)
     if n == rows * w:
         return pos, val
-    tail = _flatnonzero(a[rows * w:] >= t).add_(rows * w)
+    tail = where_ge(a[rows * w:], t).add_(rows * w)
     return torch.cat([pos, tail]), torch.cat([val, a.index_select(0, tail)])
 
 
-def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero(mask.reshape(-1)).view(-1)
+def where_ge(x: torch.Tensor, t) -> torch.Tensor:
+    """Ascending flat positions of ``x >= t`` (x contiguous). On CPU float32/64, numpy's compare and
+    flatnonzero: ~3x faster there than torch's boolean compare and nonzero (0.74 vs 2.1 ms for 2**20 floats
+    at 1.5% hits, measured), and the same positions (t is x's dtype, compared in it)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        thr = (t.to(x.dtype) if torch.is_tensor(t) else torch.tensor(t, dtype=x.dtype)).numpy()
+        return torch.from_numpy(np.flatnonzero(x.numpy() >= thr))
+    return torch.nonzero(x.reshape(-1) >= t).view(-1)
 
 
 def topk_small(views: List[torch.Tensor], ks: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,11 +262,11 @@ def _local_topk(cands: List[Cands], segs, p: float) -> Cands:
         k = k_of(s.numel, p)
         if k < val.numel():
             thr = torch.kthvalue(val, val.numel() - k + 1).values
-            keep = val >= thr
-            if int(torch.count_nonzero(keep)) != k:  # ties at the k-th: all above it, then the first equal
+            i = where_ge(val, thr)
+            if i.numel() != k:  # ties at the k-th: all above it, then the first equal ones
                 eq = val == thr
                 keep = (val > thr) | (eq & (eq.cumsum(0) <= k - int(torch.count_nonzero(val > thr))))
-            i = _flatnonzero(keep)
+                i = torch.nonzero(keep).view(-1)
             pos, val = pos.index_select(0, i), val.index_select(0, i)
         idx.append(pos)
         vals.append(val)

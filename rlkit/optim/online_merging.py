@@ -379,7 +379,8 @@ class OnDAREAdamW(OnlineMergingAdamW):
             # one tensor at a time, so its moments and values are still in cache for the sparse part
             m, v = it.st["exp_avg"], it.st["exp_avg_sq"]
             _fused_adamw([it.flat], [it.grad], [m], [v], h, h.wd, math.inf)  # moments, decay; update 0
-            it.flat.index_add_(0, i, _delta_at(m.index_select(0, i), v.index_select(0, i), h).mul_(scale))
+            # scatter_add_: the same sums as index_add_, faster on CPU (no duplicate positions here)
+            it.flat.scatter_add_(0, i, _delta_at(m.index_select(0, i), v.index_select(0, i), h).mul_(scale))
             self._merge_tau(it, h, ti)
 
     def _merge_small(self, items, h):
@@ -483,7 +484,7 @@ class OnTIESAdamW(OnlineMergingAdamW):
             u = self._election(d, it.st["tau"].index_select(0, idx), h.alpha)
             if h.alpha:
                 self._add_tau(it, h.alpha)
-            it.flat.index_add_(0, idx, u)
+            it.flat.scatter_add_(0, idx, u)
 
     def _merge_small(self, items, h):
         """Tensors of at most 2**16 elements, packed end to end: a few ops for all of them, the top-k of each
