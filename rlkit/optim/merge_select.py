@@ -263,10 +263,10 @@ def _local_topk(cands: List[Cands], segs, p: float) -> Cands:
         if k < val.numel():
             thr = torch.kthvalue(val, val.numel() - k + 1).values
             i = where_ge(val, thr)
-            if i.numel() != k:  # ties at the k-th: all above it, then the first equal ones
-                eq = val == thr
-                keep = (val > thr) | (eq & (eq.cumsum(0) <= k - int(torch.count_nonzero(val > thr))))
-                i = torch.nonzero(keep).view(-1)
+            if i.numel() != k:  # ties at the k-th (common: Adam's |Delta| saturates near lr): all above it,
+                vi = val.index_select(0, i)  # then the first of the equal ones (i is ascending)
+                above = i[vi > thr]
+                i = torch.cat([above, i[vi == thr][: k - above.numel()]])
             pos, val = pos.index_select(0, i), val.index_select(0, i)
         idx.append(pos)
         vals.append(val)
