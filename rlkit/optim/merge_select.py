@@ -132,11 +132,13 @@ def candidates(a: torch.Tensor, k: int) -> Cands:
     are copies, so ``a`` may be a scratch buffer that is overwritten afterwards."""
     n = a.numel()
     if k < n and n > (1 << 16) and k * 8 < n:  # cheap lower bound from a strided sample, verified below
-        s = a[:: n >> 14].contiguous()
-        ks = min(s.numel(), int(k / n * s.numel() * 1.5) + 16)
-        pos, val = _entries_ge(a, torch.topk(s, ks, sorted=False).values.min())
-        if pos.numel() >= k:
-            return pos, val
+        s = a[:: n >> 12].contiguous()  # 4096 entries
+        ks = int(k / n * s.numel() * 1.5) + 8
+        for _ in range(2):  # rarely too few candidates: then once more from twice as deep in the sample
+            pos, val = _entries_ge(a, torch.topk(s, min(ks, s.numel()), sorted=False).values.min())
+            if pos.numel() >= k:
+                return pos, val
+            ks *= 2
     return torch.arange(n, device=a.device), a.clone()
 
 
