@@ -17,10 +17,11 @@ then the Adam update ``Delta`` is sparsified and merged with the reference task 
 
 Implementation (why it is fast): the Adam part is torch's fused AdamW kernel (``torch._fused_adamw_``, one
 pass per element). OnDARE calls it with ``eps = inf``, which updates the moments and applies the weight decay
-but makes the dense update exactly 0; Adam's update is then computed only at the ~p*n kept positions (from
-the gathered moments) and added there. OnTIES lets the kernel write ``Delta`` into a scratch buffer (one
-model tensor at a time, reused), takes top-k candidates from it and merges at the kept positions. Tensors of
-at most 2**16 elements are stepped packed together. ``tau'`` is added only at its nonzero positions when it
+but makes the dense update exactly 0 (an entry whose moments are not finite becomes NaN, as in AdamW); Adam's
+update is then computed only at the ~p*n kept positions (from the gathered moments) and added there. OnTIES
+lets the kernel write ``Delta`` into a scratch buffer (one model tensor at a time, reused), finds top-k
+candidates in it (:mod:`rlkit.optim.merge_select`) and merges at the kept positions. Tensors of at most
+2**16 elements are stepped packed together. ``tau'`` is added only at its nonzero positions when it
 is sparse (positions and values cached, 2 * p * n numbers). Consequences: OnDARE with ``p=1, alpha=0`` is
 bit-for-bit ``torch.optim.AdamW(fused=True)`` (and the for-loop AdamW to rounding: the kernel's second
 moment differs from ``mul_().addcmul_()`` by an ulp here and there); OnTIES with ``p=1, alpha=0`` equals it
