@@ -74,7 +74,6 @@ def run(a: argparse.Namespace) -> dict:
 
     kinds = ["adamw", "ondare", "onties"]
     runs = {k: make(k) for k in kinds}
-    del model  # each optimizer has its own copy
     times = {k: [] for k in kinds}
     peak = {}
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
@@ -98,7 +97,7 @@ def run(a: argparse.Namespace) -> dict:
     for k in kinds:
         out[k] = {"step_s": statistics.median(times[k]), "state_bytes": state_bytes(runs[k][1]),
                   "peak_step_bytes": peak.get(k)}
-    del runs, base, grads
+    del runs  # frees the optimizers and their model copies
     return out
 
 

@@ -16,7 +16,9 @@ GRPO_EXAMPLES = ["custom_reward.py", "custom_credit.py", "trainer_subclass.py", 
 
 
 def run_script(folder: str, name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # PYTHONPATH: the scripts import this checkout's rlkit, not whichever one the environment has installed
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, str(REPO / folder / name), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
