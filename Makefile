@@ -20,7 +20,7 @@ $(VENV)/.rlkit-installed: setup.cfg pyproject.toml
 	touch $@
 
 quickstart: install
-	$(VENV)/bin/rlkit train grpo_prm_quickstart
+	$(VENV)/bin/rlkit train quickstart
 
 test: install
 	$(VENV)/bin/ruff check --select F,E9 rlkit reward tests examples benchmarks

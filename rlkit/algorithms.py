@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from trl import GRPOConfig
 
+from rlkit.trainers.chain_config import ChainConfig
 from rlkit.trainers.critique_config import CritiqueVerifierConfig
 from rlkit.trainers.orm_config import ListwiseRMConfig
 from rlkit.trainers.ppo_config import PRMPPOConfig
@@ -41,6 +42,8 @@ class Algorithm:
         accepts_trainer_cls: the runner takes ``trainer_cls=`` (a subclass of its trainer, in-process runs).
         own_workers: the runner stays in the ``rlkit train`` process and starts workers itself for the stages
             that need them (so ``distribution`` does not make ``rlkit train`` launch it on every worker).
+        runs_stages: a chained run: the recipe's ``stages:`` are other recipes run one after the other
+            (:func:`rlkit.config.stage_recipes`); implies ``own_workers``.
         validate: extra recipe checks; raises ValueError with one line.
     """
 
@@ -52,6 +55,7 @@ class Algorithm:
     supports_peft: bool = False
     accepts_trainer_cls: bool = False
     own_workers: bool = False
+    runs_stages: bool = False
     validate: Callable[[Any], None] | None = None
 
     def runner(self) -> Callable[..., Any]:
@@ -101,3 +105,6 @@ register(Algorithm("critique", CritiqueVerifierConfig, "rlkit.trainers.critique:
 register(Algorithm("prm_pipeline", PRMPipelineConfig, "rlkit.trainers.prm_pipeline:run_prm_pipeline",
                    "sample -> MC + judge labels -> consensus -> train and evaluate a PRM", own_workers=True,
                    validate=validate_pipeline_recipe))
+register(Algorithm("chain", ChainConfig, "rlkit.trainers.chain_runner:run_chain",
+                   "stages run one after the other (e.g. SFT -> PRM-guided GRPO from the SFT policy)",
+                   own_workers=True, runs_stages=True))

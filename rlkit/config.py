@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
+import json
 import re
 import types
 import typing
@@ -84,6 +86,82 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check: boo
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a recipe must be a mapping of keys, got {type(data).__name__}")
     return recipe_from_dict(apply_overrides(data, overrides or []), check=check, base_dir=p.parent)
+
+
+_STAGE_REF = re.compile(r"\{([^{}]+)\}")
+
+
+def stage_recipes(chain: Recipe, run_dir: Path | None = None, base_dir: Path | None = None) -> list[Recipe]:
+    """The stages of a chained recipe (``algorithm.name: chain``) as validated recipes, in order.
+
+    Each stage is its recipe file with the chain's ``seed`` (so every stage evaluates on the same held-out
+    problems), ``model`` = the previous stage's ``policy/`` unless the stage sets one, then the stage's ``set``
+    changes; ``{model}`` and ``{NAME.policy}`` in string values are resolved (see
+    :class:`rlkit.recipe.StageConfig`). Stage policies live in ``run_dir/stages/NAME/policy``; without a
+    ``run_dir`` (``rlkit check``) they stand for the chain's model, which has the same architecture.
+    Raises RecipeError with one line naming the stage."""
+    if not chain.stages:
+        raise RecipeError("stages: a chained run needs at least one stage ({name: ..., recipe: ...})")
+    recipes: list[Recipe] = []
+    done: list[str] = []
+    for i, stage in enumerate(chain.stages):
+        where = f"stages[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", stage.name or ""):
+            raise RecipeError(f"{where}.name: a stage needs a name of letters, digits, - or _, got {stage.name!r}")
+        if stage.name in done:
+            raise RecipeError(f"{where}.name: stage name {stage.name!r} is used twice")
+
+        def build(policy_of) -> Recipe:
+            def resolve(value: Any) -> Any:
+                if isinstance(value, dict):
+                    return {k: resolve(v) for k, v in value.items()}
+                if isinstance(value, list):
+                    return [resolve(v) for v in value]
+                if not isinstance(value, str):
+                    return value
+
+                def one(m: re.Match) -> str:
+                    ref = m.group(1)
+                    if ref == "model":
+                        return chain.model
+                    name, _, what = ref.partition(".")
+                    if what != "policy" or name not in done:
+                        raise RecipeError(f"{where}.set: unknown reference {{{ref}}} (use {{model}} or "
+                                          f"{{NAME.policy}} of an earlier stage: {', '.join(done) or 'none yet'})")
+                    return policy_of(name)
+                return _STAGE_REF.sub(one, value)
+
+            data = copy.deepcopy(raw)
+            data["name"] = f"{chain.name}-{stage.name}"
+            data["seed"] = chain.seed
+            data["model"] = policy_of(done[-1]) if done else chain.model
+            data = apply_overrides(data, [f"{k}={json.dumps(resolve(v))}" for k, v in stage.set.items()])
+            return recipe_from_dict(resolve(data), base_dir=src.parent, check=False)
+
+        path = Path(stage.recipe)
+        if base_dir is not None and not path.is_absolute() and (base_dir / path).is_file():
+            path = base_dir / path
+        try:
+            src = resolve_recipe_path(str(path))
+            raw = yaml_load(src.read_text()) or {}
+        except (RecipeError, yaml.YAMLError, OSError) as e:
+            raise RecipeError(f"{where}.recipe: {e}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{where}.recipe: {src} is not a mapping of keys")
+        try:
+            # checked with the earlier stages' policies standing for themselves (they may not exist yet)
+            checked = build(lambda name: chain.model)
+            if get_algorithm(checked.algorithm.name).runs_stages:
+                raise RecipeError("a stage cannot itself be a chained run")
+            validate(checked, src.parent)
+            stage_recipe = checked if run_dir is None else build(
+                lambda name: str(run_dir / "stages" / name / "policy"))
+            stage_recipe.training = checked.training  # values coerced by the check
+        except RecipeError as e:
+            raise RecipeError(f"{where} ({stage.name}): {e}") from None
+        recipes.append(stage_recipe)
+        done.append(stage.name)
+    return recipes
 
 
 def recipe_from_dict(data: dict[str, Any], check: bool = True, base_dir: Path | None = None) -> Recipe:
@@ -238,6 +316,11 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
             raise RecipeError(f"unknown key 'training.{key}' for {cfg_cls.__name__}{hint}")
         if _is_simple(hints.get(key)):
             recipe.training[key] = coerce(recipe.training[key], hints[key], f"training.{key}")
+    if algorithm.runs_stages:
+        stage_recipes(recipe, base_dir=base_dir)
+    elif recipe.stages:
+        raise RecipeError(f"stages: only a chained run (algorithm.name: chain) has stages, not "
+                          f"{recipe.algorithm.name!r}")
     if algorithm.validate is not None:
         try:
             algorithm.validate(recipe)

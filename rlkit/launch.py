@@ -109,12 +109,13 @@ def resume(run_dir: str | Path, recipe_path: str | None = None, overrides: list[
         raise RecipeError(f"--resume {run_dir}: the recipe differs from the run's {RECIPE_FILE} in "
                           f"{', '.join(changed[:6])}; resume without changes, or pass --allow-changes")
     recipe = recipe_from_dict(wanted)
-    if (run_dir / "run_info.json").is_file() and (run_dir / "policy").is_dir() and \
-            not (run_dir / "FAILED.txt").exists():
+    if run_finished(run_dir):
         print(f"rlkit: {run_dir} finished already; nothing to resume")
         return run_dir
     ckpt = newest_complete_checkpoint(run_dir)
-    if ckpt is not None:
+    if get_algorithm(recipe.algorithm.name).runs_stages:
+        print(f"rlkit: resuming the chained run {run_dir} at its first unfinished stage")
+    elif ckpt is not None:
         verify_checkpoint(ckpt)
         atomic_write_text(run_dir / RESUME_FILE, json.dumps({"checkpoint": str(ckpt)}))
         print(f"rlkit: resuming {run_dir} from {ckpt.name}")
@@ -123,6 +124,13 @@ def resume(run_dir: str | Path, recipe_path: str | None = None, overrides: list[
         print(f"rlkit: {run_dir} has no complete checkpoint; starting it over in the same folder")
     (run_dir / "FAILED.txt").unlink(missing_ok=True)
     return train(recipe, run_dir=run_dir, machine=machine)
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether a run folder holds a finished run (``run_info.json`` and ``policy/``, no ``FAILED.txt``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "run_info.json").is_file() and (run_dir / "policy").is_dir() and \
+        not (run_dir / "FAILED.txt").exists()
 
 
 def mark_failed(run_dir: Path, message: str) -> None:

@@ -75,6 +75,25 @@ class AlgorithmConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a chained run (``algorithm.name: chain``): a recipe (shipped name or path) and the changes
+    to it, as ``--set`` would make them (dotted keys). A stage's ``model`` defaults to the previous stage's
+    trained ``policy/`` (the first stage's to the chain's ``model``); in any string value ``{model}`` is the
+    chain's model (the policy before the first stage) and ``{NAME.policy}`` an earlier stage's policy.
+
+    Example (YAML)::
+
+        stages:
+          - {name: sft, recipe: sft_embedded}
+          - {name: grpo, recipe: grpo_prm_quickstart, set: {optimizer.name: ondare, optimizer.args.base_model: "{model}"}}
+    """
+
+    name: str = ""
+    recipe: str = ""
+    set: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class OptimizerConfig:
     """adamw | ondare | onties; ``args`` go to the optimizer (p, alpha, base_model, ... for the merging ones)."""
 
@@ -148,6 +167,7 @@ class Recipe:
     num_processes: int = 2
     machines: MachinesConfig = field(default_factory=MachinesConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
     output_dir: str = "runs"
     seed: int = 42
 

@@ -78,8 +78,8 @@ def trainer_kwargs(recipe: Recipe, run_dir: Path, defaults: dict[str, Any],
         kw["resume_from_checkpoint"] = resume
     cuda = cuda_available()
     kw.update(output_dir=str(run_dir / "checkpoints"), seed=recipe.seed, use_cpu=not cuda)
-    if not cuda:
-        kw["bf16"] = False
+    if not cuda and recipe.distribution != "none":
+        kw["bf16"] = False  # DeepSpeed on CPU runs fp32 only; one CPU process may autocast to bf16
     if recipe.distribution != "none":
         kw["deepspeed"] = str(deepspeed_file or run_dir / "deepspeed.json")
     return kw

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reward.generation import generate_texts
-from reward.models.verifier import is_correct
+from reward.models.verifier import extract_answer, is_correct
 
 CURVES = [("reward", "PRM reward (aggregated)"), ("outcome/accuracy", "verifier accuracy of samples"),
           ("prm/steps_per_response", "steps per response"), ("prm/step_score_mean", "mean step score"),
           ("prm/min_on_final_step", "share with min score on final step"), ("loss", "loss")]
 
 
-def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128, batch_size: int = 16,
+def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128, batch_size: int = 64,
                     label: str = "") -> dict[str, Any]:
     """Greedy answers to ``dataset``'s prompts, verifier accuracy and per-step scores of every response.
 
@@ -44,8 +46,13 @@ def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128,
     samples = [{"question": q, "response": resp, "reference": ref.split("####")[-1].strip(), "correct": c,
                 "steps": [[s.text, sc] for s, sc in zip(st.steps, st.scores)]}
                for q, resp, ref, c, st in zip(questions, responses, refs, correct, scored)]
-    return {"label": label, "accuracy": sum(correct) / max(len(correct), 1), "n": len(correct), "samples": samples,
-            "mean_steps": sum(len(s.steps) for s in scored) / max(len(scored), 1)}
+    n = max(len(correct), 1)
+    lengths = [len(tok(resp, add_special_tokens=False).input_ids) for resp in responses]
+    return {"label": label, "accuracy": sum(correct) / n, "n": len(correct), "samples": samples,
+            "mean_steps": sum(len(s.steps) for s in scored) / n,
+            # responses that state an answer (within max_new_tokens), and how long they are
+            "answered": sum(extract_answer(r) is not None for r in responses) / n,
+            "mean_response_tokens": sum(lengths) / n, "max_new_tokens": max_new_tokens}
 
 
 def plot_curves(log_history: list[dict[str, Any]], path: Path) -> list[str]:
@@ -122,7 +129,9 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
     for r in (before, after):
         if r:
             lines.append(f"- held-out accuracy {r['label']}: {r['accuracy']:.1%} of {r['n']} "
-                         f"(mean steps {r['mean_steps']:.2f})")
+                         f"(mean steps {r['mean_steps']:.2f}; {r.get('answered', float('nan')):.0%} state an answer "
+                         f"within {r.get('max_new_tokens', '?')} tokens, mean "
+                         f"{r.get('mean_response_tokens', float('nan')):.0f} tokens)")
     if plotted:
         lines += ["", "![training curves](training.png)", "", "Curves: " + ", ".join(plotted)]
     lines += ["", "Sampled responses with per-step scores: [samples.html](samples.html)",
@@ -139,4 +148,72 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
     body = "\n".join(samples_html(r) for r in (before, after) if r)
     (out / "samples.html").write_text(html_page("samples", body))
     (out / "eval.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
+    return out
+
+
+@dataclass
+class StageResult:
+    """One stage of a chained run, as the chain report shows it (read back from the stage's run folder)."""
+
+    name: str
+    algorithm: str
+    optimizer: str
+    run_dir: Path
+    steps: int
+    wall_seconds: float
+    before: dict | None
+    after: dict | None
+
+
+def read_stage_result(name: str, recipe, run_dir: Path, wall_seconds: float) -> StageResult:
+    """A finished stage's numbers from its ``report/eval.json`` and ``metrics.json``."""
+    run_dir = Path(run_dir)
+    try:
+        evals = json.loads((run_dir / "report" / "eval.json").read_text())
+    except (OSError, ValueError):
+        evals = {}
+    try:
+        history = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        history = []
+    steps = max([h.get("step", 0) for h in history] + [0])
+    return StageResult(name, recipe.algorithm.name, recipe.optimizer.name, run_dir, steps, wall_seconds,
+                       evals.get("before"), evals.get("after"))
+
+
+def _pct(r: dict | None, key: str) -> str:
+    return f"{r[key]:.1%}" if r and r.get(key) is not None else "-"
+
+
+def write_chain_report(run_dir: Path, recipe, stages: list[StageResult]) -> Path:
+    """``report/index.md`` and ``report/stages.json`` of a chained run: held-out accuracy before and after each
+    stage (same problems, greedy), the share of answers stated within the token limit, steps and tokens per
+    response, steps trained and wall time, with each stage's curves and report linked."""
+    out = Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    first = stages[0].before if stages else None
+    lines = [f"# {recipe.name}", "", recipe.description.strip(), "",
+             "| stage | algorithm | optimizer | steps | wall | held-out accuracy after | answered | steps/response |"
+             " tokens/response |", "|---|---|---|---|---|---|---|---|---|"]
+    if first:
+        lines.append(f"| (start) | | | | | {_pct(first, 'accuracy')} of {first['n']} | {_pct(first, 'answered')} | "
+                     f"{first['mean_steps']:.2f} | {first.get('mean_response_tokens', float('nan')):.0f} |")
+    for s in stages:
+        a = s.after or {}
+        lines.append(f"| [{s.name}]({os.path.relpath(s.run_dir / 'report' / 'index.md', out)}) | {s.algorithm} | "
+                     f"{s.optimizer} | {s.steps} | {s.wall_seconds / 60:.1f} min | {_pct(a, 'accuracy')} of "
+                     f"{a.get('n', '-')} | {_pct(a, 'answered')} | {a.get('mean_steps', float('nan')):.2f} | "
+                     f"{a.get('mean_response_tokens', float('nan')):.0f} |")
+    lines += ["", f"Total wall time of the stages: {sum(s.wall_seconds for s in stages) / 60:.1f} min.", ""]
+    for s in stages:
+        png = s.run_dir / "report" / "training.png"
+        if png.is_file():
+            lines += [f"## {s.name}: training curves", "", f"![{s.name}]({os.path.relpath(png, out)})", ""]
+    (out / "index.md").write_text("\n".join(lines))
+    summary = [{"stage": s.name, "algorithm": s.algorithm, "optimizer": s.optimizer, "steps": s.steps,
+                "wall_seconds": s.wall_seconds,
+                **{f"{k}_{w}": (r or {}).get(k) for w, r in (("before", s.before), ("after", s.after))
+                   for k in ("accuracy", "answered", "mean_steps", "mean_response_tokens", "n")}}
+               for s in stages]
+    (out / "stages.json").write_text(json.dumps(summary, indent=1))
     return out

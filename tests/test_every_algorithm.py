@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_chain import _chain
 from test_critique_verifier import labelled
 from test_orm_trainer import synthetic_groups
 from test_prm_pipeline import ScriptedCompleter, _overrides, scripted_judge
@@ -58,7 +59,8 @@ def _recipe(algo: str, tmp_path: Path, policy: str) -> dict:
 
 
 RUN_INFO = {"grpo": "run_info.json", "ppo": "run_info.json", "prm": "run_info.json", "orm": "run_info.json",
-            "critique": "stage2/run_info.json", "prm_pipeline": "prm/run_info.json", "sft": "run_info.json"}
+            "critique": "stage2/run_info.json", "prm_pipeline": "prm/run_info.json", "sft": "run_info.json",
+            "chain": "stages/grpo/run_info.json"}  # SFT (adamw) -> GRPO (ondare, base = the pre-SFT policy)
 
 
 def test_every_accepted_algorithm_has_a_case_here():
@@ -78,7 +80,8 @@ def test_algorithm_runs_one_step_with_ondare(algo, tmp_path, tiny_dirs):
         run_prm_pipeline(recipe, run_dir, completer=ScriptedCompleter(arithmetic_problems(N_PROBLEMS, seed=0)),
                          judge=scripted_judge)
     else:
-        run_dir = train(recipe_from_dict(_recipe(algo, tmp_path, policy)), str(tmp_path / "runs"))
+        recipe = _chain(tmp_path, policy) if algo == "chain" else _recipe(algo, tmp_path, policy)
+        run_dir = train(recipe_from_dict(recipe), str(tmp_path / "runs"))
     info = json.loads((run_dir / RUN_INFO[algo]).read_text())
     assert info["policy_optimizer"] == "OnDAREAdamW", info
     assert info["global_step"] >= 1 and info["optimizer_steps"] == info["global_step"], info

@@ -95,9 +95,47 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
 def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
     """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
     with single_rank_hf():
-        max_new_tokens = getattr(trainer, "eval_max_new_tokens", None) or trainer.args.max_completion_length
         return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
-                                      max_new_tokens=max_new_tokens, label=label)
+                                      max_new_tokens=eval_max_new_tokens(trainer), label=label)
+
+
+HELDOUT_EVAL_FILE = "heldout_eval.json"
+
+
+def heldout_key(recipe: Recipe, max_new_tokens: int | None) -> dict:
+    """What a held-out evaluation depends on (problems, prompt, token limit, step reward): a policy folder's
+    saved evaluation is reused "before training" by a later run only when this key is equal."""
+    d = recipe.data
+    return {"eval": d.eval or d.train, "split": d.eval_split, "num_eval": d.num_eval, "fields": [d.prompt_field,
+            d.answer_field], "system_prompt": d.system_prompt, "seed": recipe.seed, "data_seed": d.seed,
+            "max_new_tokens": max_new_tokens, "reward": [recipe.reward.name, recipe.reward.args]}
+
+
+def saved_evaluation(model_dir: str | Path, key: dict) -> dict | None:
+    """The held-out evaluation saved in a policy folder by the run that trained it, when its key matches."""
+    path = Path(model_dir) / HELDOUT_EVAL_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if json.loads(json.dumps(key, default=str)) != saved.get("key"):
+        return None
+    return saved.get("result")
+
+
+def evaluate_before(model_path: str, trainer, eval_ds, recipe: Recipe) -> dict:
+    """Held-out evaluation of the starting policy: the one its own run saved (an earlier stage's ``policy/``,
+    same key) relabelled, else a fresh one."""
+    key = heldout_key(recipe, eval_max_new_tokens(trainer))
+    saved = saved_evaluation(model_path, key)
+    if saved is not None:
+        print(f"rlkit: held-out evaluation of {model_path} reused from its {HELDOUT_EVAL_FILE}")
+        return {**saved, "label": "before training"}
+    return evaluate_on_one_rank(model_path, trainer, eval_ds, "before training")
+
+
+def eval_max_new_tokens(trainer) -> int | None:
+    return getattr(trainer, "eval_max_new_tokens", None) or getattr(trainer.args, "max_completion_length", None)
 
 
 def run_info(trainer) -> dict:
@@ -165,7 +203,7 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     before = None
     if is_main and eval_ds is not None:
         # evaluation loads its own copy (a sharded ZeRO-3 model cannot generate on one rank alone)
-        before = evaluate_on_one_rank(resolve_model(recipe.model), trainer, eval_ds, "before training")
+        before = evaluate_before(resolve_model(recipe.model), trainer, eval_ds, recipe)
     policy_dir = run_dir / "policy"
     if finished:
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
@@ -180,6 +218,8 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
         after = None
         if eval_ds is not None:
             after = evaluate_on_one_rank(policy_dir, trainer, eval_ds, "after training")
+            key = heldout_key(recipe, eval_max_new_tokens(trainer))
+            atomic_write_text(policy_dir / HELDOUT_EVAL_FILE, json.dumps({"key": key, "result": after}, default=str))
         report.write_report(run_dir, recipe, trainer.state.log_history, before, after)
         atomic_write_text(run_dir / "metrics.json", json.dumps(trainer.state.log_history, indent=1))
         write_run_info(trainer, run_dir)
