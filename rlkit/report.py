@@ -50,8 +50,9 @@ def evaluate_policy(model, tok, dataset, step_reward, max_new_tokens: int = 128,
     lengths = [len(tok(resp, add_special_tokens=False).input_ids) for resp in responses]
     return {"label": label, "accuracy": sum(correct) / n, "n": len(correct), "samples": samples,
             "mean_steps": sum(len(s.steps) for s in scored) / n,
-            # responses that state an answer (within max_new_tokens), and how long they are
-            "answered": sum(extract_answer(r) is not None for r in responses) / n,
+            # responses that end before the token limit with an answer stated, and how long responses are
+            "finished": sum(extract_answer(r) is not None and k < max_new_tokens
+                            for r, k in zip(responses, lengths)) / n,
             "mean_response_tokens": sum(lengths) / n, "max_new_tokens": max_new_tokens}
 
 
@@ -129,7 +130,7 @@ def write_report(run_dir: Path, recipe, log_history: list[dict[str, Any]], befor
     for r in (before, after):
         if r:
             lines.append(f"- held-out accuracy {r['label']}: {r['accuracy']:.1%} of {r['n']} "
-                         f"(mean steps {r['mean_steps']:.2f}; {r.get('answered', float('nan')):.0%} state an answer "
+                         f"(mean steps {r['mean_steps']:.2f}; {r.get('finished', float('nan')):.0%} end with an answer "
                          f"within {r.get('max_new_tokens', '?')} tokens, mean "
                          f"{r.get('mean_response_tokens', float('nan')):.0f} tokens)")
     if plotted:
@@ -187,22 +188,22 @@ def _pct(r: dict | None, key: str) -> str:
 
 def write_chain_report(run_dir: Path, recipe, stages: list[StageResult]) -> Path:
     """``report/index.md`` and ``report/stages.json`` of a chained run: held-out accuracy before and after each
-    stage (same problems, greedy), the share of answers stated within the token limit, steps and tokens per
+    stage (same problems, greedy), the share of responses that end with an answer before the token limit, steps and tokens per
     response, steps trained and wall time, with each stage's curves and report linked."""
     out = Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     first = stages[0].before if stages else None
     lines = [f"# {recipe.name}", "", recipe.description.strip(), "",
-             "| stage | algorithm | optimizer | steps | wall | held-out accuracy after | answered | steps/response |"
+             "| stage | algorithm | optimizer | steps | wall | held-out accuracy after | finished | steps/response |"
              " tokens/response |", "|---|---|---|---|---|---|---|---|---|"]
     if first:
-        lines.append(f"| (start) | | | | | {_pct(first, 'accuracy')} of {first['n']} | {_pct(first, 'answered')} | "
+        lines.append(f"| (start) | | | | | {_pct(first, 'accuracy')} of {first['n']} | {_pct(first, 'finished')} | "
                      f"{first['mean_steps']:.2f} | {first.get('mean_response_tokens', float('nan')):.0f} |")
     for s in stages:
         a = s.after or {}
         lines.append(f"| [{s.name}]({os.path.relpath(s.run_dir / 'report' / 'index.md', out)}) | {s.algorithm} | "
                      f"{s.optimizer} | {s.steps} | {s.wall_seconds / 60:.1f} min | {_pct(a, 'accuracy')} of "
-                     f"{a.get('n', '-')} | {_pct(a, 'answered')} | {a.get('mean_steps', float('nan')):.2f} | "
+                     f"{a.get('n', '-')} | {_pct(a, 'finished')} | {a.get('mean_steps', float('nan')):.2f} | "
                      f"{a.get('mean_response_tokens', float('nan')):.0f} |")
     lines += ["", f"Total wall time of the stages: {sum(s.wall_seconds for s in stages) / 60:.1f} min.", ""]
     for s in stages:
@@ -213,7 +214,7 @@ def write_chain_report(run_dir: Path, recipe, stages: list[StageResult]) -> Path
     summary = [{"stage": s.name, "algorithm": s.algorithm, "optimizer": s.optimizer, "steps": s.steps,
                 "wall_seconds": s.wall_seconds,
                 **{f"{k}_{w}": (r or {}).get(k) for w, r in (("before", s.before), ("after", s.after))
-                   for k in ("accuracy", "answered", "mean_steps", "mean_response_tokens", "n")}}
+                   for k in ("accuracy", "finished", "mean_steps", "mean_response_tokens", "n")}}
                for s in stages]
     (out / "stages.json").write_text(json.dumps(summary, indent=1))
     return out

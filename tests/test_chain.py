@@ -86,7 +86,8 @@ def test_stages_on_a_single_algorithm_recipe_are_refused():
 def test_chain_runs_both_stages_reports_them_and_resumes_at_the_unfinished_stage(tmp_path, tiny_dirs, capsys):
     run = train(recipe_from_dict(_chain(tmp_path, tiny_dirs["policy"])), run_dir=tmp_path / "run")
     sft_dir, grpo_dir = run / "stages" / "sft", run / "stages" / "grpo"
-    assert json.loads((grpo_dir / "run_info.json").read_text())["policy_optimizer"] == "OnDAREAdamW"
+    info = json.loads((grpo_dir / "run_info.json").read_text())
+    assert info["policy_optimizer"] == "OnDAREAdamW" and info["optimizer_steps"] == info["global_step"] == 2
     assert os.path.realpath(run / "policy") == str((grpo_dir / "policy").resolve())
     sft_eval = json.loads((sft_dir / "report" / "eval.json").read_text())
     grpo_eval = json.loads((grpo_dir / "report" / "eval.json").read_text())
