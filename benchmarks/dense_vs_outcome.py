@@ -1,110 +1,156 @@
-"""Dense (process_grpo) vs outcome credit: GRPO on the embedded SmolLM2, same seed, same budget.
+"""Dense vs outcome credit from an SFT policy: process_grpo vs min_form vs outcome, same budget, several seeds.
 
-    python benchmarks/dense_vs_outcome.py [--steps 20] [--eval-every 5] [--out benchmarks/results]
-    python benchmarks/dense_vs_outcome.py --tiny          # tiny random model, seconds (smoke test)
+    # the SFT policy (the quickstart's SFT stage; ~5 min on 2 cores):
+    rlkit train sft_embedded --set training.max_steps=24 --set training.bf16=true --set data.num_eval=64 \
+        --run-dir runs/sft24
+    python benchmarks/dense_vs_outcome.py --policy runs/sft24/policy [--steps 12] [--eval-every 4] \
+        [--seeds 0,1,2] [--arms process_grpo,min_form,outcome] [--out benchmarks/results]
+    python benchmarks/dense_vs_outcome.py --tiny      # tiny random model, 2 steps, 2 seeds (smoke test)
 
-Runs the quickstart recipe twice, changing only `algorithm.credit`, with a callback that measures greedy
-held-out accuracy (verifier) every `--eval-every` steps. Writes `dense_vs_outcome.png` (training reward,
-sample accuracy and held-out accuracy per step, both runs) and `dense_vs_outcome.json`, and prints the final
-numbers. On CPU with a 135M model the differences are small and noisy: treat one run as one sample.
+Each (arm, seed) is the `grpo_prm_quickstart` recipe from the given policy, changing only `algorithm.credit`
+and the trainer seed (the training and held-out problems are the same for every run), with the quickstart
+chain's RL settings (12 steps, 128 new tokens, blank-line steps, bf16). A callback measures greedy held-out
+accuracy (verifier, `--eval-size` problems) at step 0 and every `--eval-every` steps. Writes
+`dense_vs_outcome.json` (every run's curves and, per arm, mean and std over seeds of held-out accuracy at each
+checkpoint, training reward and steps per response) and `dense_vs_outcome.png`, and prints the summary. The
+steps-per-response curve is the sum-form incentive PURE reports (more, smaller steps under summed credit).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib
+from transformers import TrainerCallback
+
+from rlkit import report
+from rlkit.config import load_recipe
+from rlkit.distributed import write_run_files
+from rlkit.launch import new_run_dir
+from rlkit.recipe_glue import load_datasets
+from rlkit.trainers.grpo_runner import build_grpo_trainer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from _tiny import tiny_model_dir  # noqa: E402
+
+RL_SETTINGS = ["training.max_completion_length=128", "training.learning_rate=5.0e-6", "training.bf16=true",
+               "training.save_strategy=no", "reward.args.splitter.mode=double_newline"]
+TINY_SETTINGS = ["training.max_completion_length=12", "training.num_generations=2",
+                 "training.per_device_train_batch_size=4", "data.num_train=16", "training.save_strategy=no"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=5)
-    ap.add_argument("--eval-size", type=int, default=16)
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+class HeldOut(TrainerCallback):
+    """Greedy held-out accuracy at step 0 and every ``every`` steps (and the last)."""
 
-    from transformers import TrainerCallback
+    def __init__(self, trainer, eval_ds, every: int, max_new_tokens: int):
+        self.trainer, self.eval_ds, self.every, self.max_new_tokens = trainer, eval_ds, every, max_new_tokens
+        self.points: list[tuple[int, float]] = []
 
-    from rlkit import report
-    from rlkit.config import load_recipe
-    from rlkit.distributed import write_run_files
-    from rlkit.launch import new_run_dir
-    from rlkit.recipe_glue import load_datasets
-    from rlkit.trainers.grpo_runner import build_grpo_trainer
+    def measure(self, step: int) -> None:
+        t = self.trainer
+        r = report.evaluate_policy(t.model, t.processing_class, self.eval_ds, t.step_reward,
+                                   max_new_tokens=self.max_new_tokens)
+        t.model.train()
+        self.points.append((step, r["accuracy"]))
 
-    class HeldOut(TrainerCallback):
-        """Greedy held-out accuracy every k steps (and at step 0)."""
+    def on_train_begin(self, args, state, control, **kw):
+        self.measure(0)
 
-        def __init__(self, trainer, eval_ds, every):
-            self.trainer, self.eval_ds, self.every, self.points = trainer, eval_ds, every, []
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(state.global_step)
 
-        def measure(self, step):
-            t = self.trainer
-            r = report.evaluate_policy(t.model, t.processing_class, self.eval_ds, t.step_reward,
-                                       max_new_tokens=t.args.max_completion_length)
-            t.model.train()
-            self.points.append((step, r["accuracy"]))
 
-        def on_train_begin(self, args, state, control, **kw):
-            self.measure(0)
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-                self.measure(state.global_step)
-
-    sets = [f"training.max_steps={args.steps}", f"data.num_eval={args.eval_size}", "seed=7"]
-    if args.tiny:
-        from _tiny import tiny_model_dir
-
-        sets += [f"model={tiny_model_dir()}", "training.max_completion_length=12", "training.num_generations=2",
-                 "training.per_device_train_batch_size=4", "data.num_train=16"]
-    results = {}
-    for credit in ("process_grpo", "outcome"):
-        recipe = load_recipe("grpo_prm_quickstart", sets + [f"algorithm.credit={credit}", f"name=bench_{credit}"])
-        run_dir = new_run_dir(recipe, tempfile.mkdtemp(prefix="rlkit-bench-"))
-        write_run_files(recipe, run_dir)
-        _, eval_ds = load_datasets(recipe)
-        trainer = build_grpo_trainer(recipe, run_dir)
-        cb = HeldOut(trainer, eval_ds, args.eval_every)
-        trainer.add_callback(cb)
-        trainer.train()
-        hist = trainer.state.log_history
-        results[credit] = {
+def one_run(sets: list[str], credit: str, seed: int, eval_every: int) -> dict:
+    """Train one arm with one seed; its curves."""
+    recipe = load_recipe("grpo_prm_quickstart", sets + [f"algorithm.credit={credit}", f"seed={seed}",
+                                                        f"name=dvo_{credit}_{seed}"])
+    run_dir = new_run_dir(recipe, tempfile.mkdtemp(prefix="rlkit-dvo-"))
+    write_run_files(recipe, run_dir)
+    _, eval_ds = load_datasets(recipe)
+    trainer = build_grpo_trainer(recipe, run_dir)
+    cb = HeldOut(trainer, eval_ds, eval_every, int(recipe.training.get("max_completion_length", 128)))
+    trainer.add_callback(cb)
+    trainer.train()
+    hist = trainer.state.log_history
+    return {"seed": seed, "heldout_accuracy": cb.points,
             "reward": [(h["step"], h["reward"]) for h in hist if "reward" in h],
-            "sample_accuracy": [(h["step"], h["outcome/accuracy"]) for h in hist if "outcome/accuracy" in h],
-            "heldout_accuracy": cb.points,
-        }
-        print(f"{credit:>13}: held-out accuracy {cb.points[0][1]:.3f} -> {cb.points[-1][1]:.3f}; "
-              f"mean training reward {sum(v for _, v in results[credit]['reward']) / max(len(results[credit]['reward']), 1):.3f}")
+            "steps_per_response": [(h["step"], h["prm/steps_per_response"]) for h in hist
+                                   if "prm/steps_per_response" in h]}
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dense_vs_outcome.json").write_text(json.dumps(results, indent=1))
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def mean_std(runs: list[dict], key: str) -> list[tuple[int, float, float]]:
+    """(step, mean, population std) over seeds of a curve, at the steps every run has."""
+    steps = sorted(set.intersection(*(set(s for s, _ in r[key]) for r in runs)))
+    out = []
+    for step in steps:
+        vals = [dict(r[key])[step] for r in runs]
+        out.append((step, statistics.fmean(vals), statistics.pstdev(vals)))
+    return out
 
+
+def plot(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in zip(axes, ("reward", "sample_accuracy", "heldout_accuracy"),
-                              ("training reward (min step score)", "accuracy of sampled responses",
-                               "held-out greedy accuracy")):
-        for credit, res in results.items():
-            pts = res[key]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=credit)
-        ax.set_title(title, fontsize=9)
+    titles = {"heldout_accuracy": "held-out greedy accuracy", "reward": "training reward",
+              "steps_per_response": "steps per sampled response"}
+    for ax, (key, title) in zip(axes, titles.items()):
+        for arm, curves in summary.items():
+            pts = curves[key]
+            xs, ms, ss = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+            ax.plot(xs, ms, marker="o", ms=3, label=arm)
+            ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], alpha=0.2)
+        ax.set_title(f"{title} (mean +- std over seeds)", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "dense_vs_outcome.png", dpi=110)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", help="the SFT policy folder to start every run from")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--eval-every", type=int, default=4)
+    ap.add_argument("--eval-size", type=int, default=64)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default="process_grpo,min_form,outcome")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    if not args.tiny and not args.policy:
+        ap.error("--policy PATH (an SFT policy folder) is required without --tiny")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = [a.strip() for a in args.arms.split(",")]
+    sets = [f"training.max_steps={args.steps}", f"data.num_eval={args.eval_size}"]
+    sets += [f"model={tiny_model_dir()}"] + TINY_SETTINGS if args.tiny else [f"model={args.policy}"] + RL_SETTINGS
+
+    runs = {arm: [one_run(sets, arm, seed, args.eval_every) for seed in seeds] for arm in arms}
+    summary = {arm: {k: mean_std(rs, k) for k in ("heldout_accuracy", "reward", "steps_per_response")}
+               for arm, rs in runs.items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"command": "python benchmarks/dense_vs_outcome.py " + " ".join(argv or sys.argv[1:]),
+              "policy": args.policy or "tiny", "seeds": seeds, "steps": args.steps, "summary": summary, "runs": runs}
+    (out / "dense_vs_outcome.json").write_text(json.dumps(result, indent=1))
+    plot(summary, out / "dense_vs_outcome.png")
+    for arm, curves in summary.items():
+        (s0, m0, _), (s1, m1, sd1) = curves["heldout_accuracy"][0], curves["heldout_accuracy"][-1]
+        rw = curves["reward"]
+        print(f"{arm:>13}: held-out accuracy step {s0} {m0:.3f} -> step {s1} {m1:.3f} +- {sd1:.3f} "
+              f"({len(seeds)} seeds); mean training reward {statistics.fmean(p[1] for p in rw):.3f}; "
+              f"steps/response {curves['steps_per_response'][0][1]:.2f} -> {curves['steps_per_response'][-1][1]:.2f}")
     print(f"wrote {out / 'dense_vs_outcome.png'} and {out / 'dense_vs_outcome.json'}")
+    return result
 
 
 if __name__ == "__main__":

@@ -69,12 +69,18 @@ def test_train_listwise_rm_example(tmp_path):
 
 
 @pytest.mark.slow
-def test_dense_vs_outcome_benchmark_runs(tmp_path):
+def test_dense_vs_outcome_benchmark_runs_every_arm_and_seed_and_summarises_them(tmp_path):
     _run_benchmark("dense_vs_outcome.py", "--tiny", "--steps", "2", "--eval-every", "1", "--eval-size", "2",
-                   "--out", str(tmp_path), timeout=900)
+                   "--seeds", "0,1", "--out", str(tmp_path), timeout=900)
     data = json.loads((tmp_path / "dense_vs_outcome.json").read_text())
-    assert set(data) == {"process_grpo", "outcome"}
-    assert all(len(v["heldout_accuracy"]) == 3 for v in data.values())  # steps 0, 1, 2
+    assert set(data["summary"]) == set(data["runs"]) == {"process_grpo", "min_form", "outcome"}
+    for arm, runs in data["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all([p[0] for p in r["heldout_accuracy"]] == [0, 1, 2] for r in runs)  # steps 0, 1, 2
+        finals = [r["heldout_accuracy"][-1][1] for r in runs]
+        step, mean, std = data["summary"][arm]["heldout_accuracy"][-1]
+        assert step == 2 and mean == pytest.approx(sum(finals) / 2) and std == pytest.approx(abs(finals[0] - finals[1]) / 2)
+        assert len(data["summary"][arm]["steps_per_response"]) == 2
     assert (tmp_path / "dense_vs_outcome.png").stat().st_size > 10_000
 
 
