@@ -23,7 +23,8 @@ from pathlib import Path
 
 from reward.base import RewardError
 from reward.registry import available, get_reward_class
-from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes, yaml_load
+from rlkit.algorithms import get_algorithm
+from rlkit.config import RECIPES_DIR, RecipeError, load_recipe, shipped_recipes, stage_recipes, yaml_load
 from rlkit.data import DataError
 from rlkit.distributed import accelerate_command, machine_launch
 from rlkit.launch import resume, train
@@ -49,11 +50,23 @@ def cmd_check(args) -> int:
     parts = [recipe.algorithm.name, f"reward {recipe.reward.name}"]
     if recipe.algorithm.name == "grpo":  # the only algorithm whose credit mode the recipe chooses
         parts.append(f"credit {recipe.algorithm.credit}")
-    print(f"{args.recipe}: ok ({', '.join(parts)}, distribution {recipe.distribution})")
-    plan = plan_memory(recipe, gpu_memory, args.gpu_memory or "", params)
-    print(format_plan(plan))
-    if plan.warning():
-        print(plan.warning(), file=sys.stderr)
+    if get_algorithm(recipe.algorithm.name).runs_stages:
+        stages = stage_recipes(recipe)  # checked, earlier stages' policies standing in as the chain's model
+        starts = [s.model for s in stage_recipes(recipe, run_dir=Path("RUN"))]  # as they will be in RUN/
+        print(f"{args.recipe}: ok (chain of {len(stages)} stages)")
+        named = [(f"stage {spec.name}: ", stage, start) for spec, stage, start in zip(recipe.stages, stages, starts)]
+    else:
+        print(f"{args.recipe}: ok ({', '.join(parts)}, distribution {recipe.distribution})")
+        named = [("", recipe, recipe.model)]
+    for prefix, one, start in named:
+        if prefix:
+            credit = f", credit {one.algorithm.credit}" if one.algorithm.name == "grpo" else ""
+            print(f"  {prefix}{one.algorithm.name}, reward {one.reward.name}{credit}, optimizer {one.optimizer.name}, "
+                  f"distribution {one.distribution}, starts from {start}")
+        plan = plan_memory(one, gpu_memory, args.gpu_memory or "", params)
+        print(format_plan(plan))
+        if plan.warning():
+            print(plan.warning(), file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rlkit.cli import main as cli_main
 from rlkit.config import RecipeError, load_recipe, recipe_from_dict, stage_recipes
 from rlkit.launch import resume, train
 
@@ -122,3 +123,14 @@ def test_chain_runs_both_stages_reports_them_and_resumes_at_the_unfinished_stage
     capsys.readouterr()
     resume(run)
     assert "finished already; nothing to resume" in capsys.readouterr().out
+
+
+def test_check_lists_each_stage_with_where_it_starts_and_its_memory_plan(capsys):
+    assert cli_main(["check", "quickstart"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "quickstart: ok (chain of 2 stages)"
+    assert "stage sft: sft, reward arithmetic, optimizer adamw, distribution none, starts from " \
+           "embedded:smollm2-135m-instruct" in out
+    assert "stage grpo: grpo, reward arithmetic, credit process_grpo, optimizer ondare, distribution none, " \
+           "starts from RUN/stages/sft/policy" in out
+    assert "ondare tau" in out  # the GRPO stage's plan, on the model the SFT stage starts from

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def run_chain(recipe: Recipe, run_dir: Path) -> list[StageResult]:
         results.append(read_stage_result(spec.name, stage, stage_dir, _wall(stage_dir)))
     last_policy = run_dir / "stages" / recipe.stages[-1].name / "policy"
     link = run_dir / "policy"
-    if link.is_symlink() or link.exists():
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    elif link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(last_policy.relative_to(run_dir))
     write_chain_report(run_dir, recipe, results)
