@@ -7,7 +7,8 @@ with ``rlkit train --resume`` each time; at the end the final policy must equal 
 Prints one line per kill (when it landed, the newest complete checkpoint then), then: resumes that failed,
 checkpoints that did not verify, the final step count, and the largest parameter difference from the
 uninterrupted run (CPU, same seed; equality to 1e-5 is expected: the checkpoints hold the RNG states and the
-data position). Exit code 1 when any of these is off.
+data position), and how far training moved the policy from its start (it must move: the reward is a tiny
+random outcome RM, so samples get different rewards). Exit code 1 when any of these is off.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from rlkit.checkpoints import CheckpointError, newest_complete_checkpoint, verif
 REPO = Path(__file__).resolve().parents[1]
 
 
-def recipe_text(algo: str, policy: str, steps: int) -> str:
+def recipe_text(algo: str, policy: str, steps: int, reward_model: str | None = None) -> str:
+    """The tiny kill-test recipe. ``reward_model``: a tiny outcome RM folder, so that rewards differ between
+    samples and GRPO's advantages are not all zero (with the rule-based checker a random policy scores 0
+    everywhere and its weights never move, which would make "equal to the uninterrupted run" trivially true)."""
     extra = "kl_coef: 0.05, critic_learning_rate: 1.0e-3, " if algo == "ppo" else ""
+    reward = f"{{name: orm, args: {{model: {reward_model}}}}}" if reward_model else "{name: arithmetic}"
     return (f"name: kill_{algo}\nmodel: {policy}\ndata: {{train: 'builtin:arithmetic', num_train: 32, num_eval: 0}}\n"
-            f"algorithm: {{name: {algo}}}\nreward: {{name: arithmetic}}\n"
+            f"algorithm: {{name: {algo}}}\nreward: {reward}\n"
             f"training: {{max_steps: {steps}, num_generations: 2, per_device_train_batch_size: 2, "
             f"max_completion_length: 8, learning_rate: 1.0e-3, {extra}report_to: [], logging_steps: 1, "
             f"save_steps: 1, save_total_limit: 2}}\n")
@@ -69,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="rlkit-kill-"))
     tok = testing.tiny_tokenizer()
     policy = testing.save_tiny(testing.tiny_causal_lm(tok), tok, work / "policy0")
+    orm = testing.save_tiny(testing.tiny_sequence_classifier(tok), tok, work / "orm0")
     recipe = work / "recipe.yaml"
-    recipe.write_text(recipe_text(a.algo, policy, a.steps))
+    recipe.write_text(recipe_text(a.algo, policy, a.steps, reward_model=orm))
     ref, run = work / "reference", work / "killed"
     t0 = time.perf_counter()
     subprocess.run(cli(str(recipe), "--run-dir", str(ref)), env=env(), cwd=REPO, check=True, capture_output=True)
@@ -118,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     step = json.loads((run / "run_info.json").read_text())["global_step"]
     a_w, b_w = weights(ref), weights(run)
     diff = max((a_w[k] - b_w[k]).abs().max().item() for k in a_w) if a_w.keys() == b_w.keys() else float("inf")
+    start = {f"policy/{k}": v for f in sorted(Path(policy).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    moved = max(((a_w[k] - start[k]).abs().max().item() for k in a_w if k in start), default=0.0)
     print(f"{a.algo}: kills {kills}, failed resumes {failed_resumes}, broken checkpoints {broken}, final step "
-          f"{step} (want {a.steps}), max |param diff| vs uninterrupted {diff:.2e}")
-    ok = failed_resumes == 0 and broken == 0 and step == a.steps and diff <= 1e-5
+          f"{step} (want {a.steps}), max |param diff| vs uninterrupted {diff:.2e} (training moved the policy by "
+          f"{moved:.2e})")
+    ok = failed_resumes == 0 and broken == 0 and step == a.steps and diff <= 1e-5 and moved > 1e-4
     print("kill test:", "ok" if ok else "FAILED")
     return 0 if ok else 1
 
