@@ -10,7 +10,8 @@
 Each (arm, seed) is the `grpo_prm_quickstart` recipe from the given policy, changing only `algorithm.credit`
 and the trainer seed (the training and held-out problems are the same for every run), with the quickstart
 chain's RL settings (12 steps, 128 new tokens, blank-line steps, bf16). A callback measures greedy held-out
-accuracy (verifier, `--eval-size` problems) at step 0 and every `--eval-every` steps. Writes
+accuracy (verifier, `--eval-size` problems) at step 0 (measured in the first run only: greedy decoding of the
+same start policy gives every run the same step-0 answers) and every `--eval-every` steps. Writes
 `dense_vs_outcome.json` (every run's curves and, per arm, mean and std over seeds of held-out accuracy at each
 checkpoint, training reward and steps per response) and `dense_vs_outcome.png`, and prints the summary. The
 steps-per-response curve is the sum-form incentive PURE reports (more, smaller steps under summed credit).
@@ -50,8 +51,9 @@ TINY_SETTINGS = ["training.max_completion_length=12", "training.num_generations=
 class HeldOut(TrainerCallback):
     """Greedy held-out accuracy at step 0 and every ``every`` steps (and the last)."""
 
-    def __init__(self, trainer, eval_ds, every: int, max_new_tokens: int):
+    def __init__(self, trainer, eval_ds, every: int, max_new_tokens: int, start: float | None = None):
         self.trainer, self.eval_ds, self.every, self.max_new_tokens = trainer, eval_ds, every, max_new_tokens
+        self.start = start  # the start policy's accuracy when already measured (greedy: same for every run)
         self.points: list[tuple[int, float]] = []
 
     def measure(self, step: int) -> None:
@@ -62,22 +64,25 @@ class HeldOut(TrainerCallback):
         self.points.append((step, r["accuracy"]))
 
     def on_train_begin(self, args, state, control, **kw):
-        self.measure(0)
+        if self.start is None:
+            self.measure(0)
+        else:
+            self.points.append((0, self.start))
 
     def on_step_end(self, args, state, control, **kw):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self.measure(state.global_step)
 
 
-def one_run(sets: list[str], credit: str, seed: int, eval_every: int) -> dict:
-    """Train one arm with one seed; its curves."""
+def one_run(sets: list[str], credit: str, seed: int, eval_every: int, start: float | None = None) -> dict:
+    """Train one arm with one seed; its curves. ``start``: the start policy's held-out accuracy if known."""
     recipe = load_recipe("grpo_prm_quickstart", sets + [f"algorithm.credit={credit}", f"seed={seed}",
                                                         f"name=dvo_{credit}_{seed}"])
     run_dir = new_run_dir(recipe, tempfile.mkdtemp(prefix="rlkit-dvo-"))
     write_run_files(recipe, run_dir)
     _, eval_ds = load_datasets(recipe)
     trainer = build_grpo_trainer(recipe, run_dir)
-    cb = HeldOut(trainer, eval_ds, eval_every, int(recipe.training.get("max_completion_length", 128)))
+    cb = HeldOut(trainer, eval_ds, eval_every, int(recipe.training.get("max_completion_length", 128)), start)
     trainer.add_callback(cb)
     trainer.train()
     hist = trainer.state.log_history
@@ -134,7 +139,12 @@ def main(argv: list[str] | None = None) -> dict:
     sets = [f"training.max_steps={args.steps}", f"data.num_eval={args.eval_size}"]
     sets += [f"model={tiny_model_dir()}"] + TINY_SETTINGS if args.tiny else [f"model={args.policy}"] + RL_SETTINGS
 
-    runs = {arm: [one_run(sets, arm, seed, args.eval_every) for seed in seeds] for arm in arms}
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    start = None  # every run starts from the same policy with the same held-out problems: greedy step 0 once
+    for arm in arms:
+        for seed in seeds:
+            runs[arm].append(one_run(sets, arm, seed, args.eval_every, start))
+            start = runs[arm][-1]["heldout_accuracy"][0][1]
     summary = {arm: {k: mean_std(rs, k) for k in ("heldout_accuracy", "reward", "steps_per_response")}
                for arm, rs in runs.items()}
     out = Path(args.out)

@@ -30,24 +30,29 @@ def _problem(rng: random.Random) -> dict[str, Any]:
     a, b, c = rng.randint(3, 20), rng.randint(2, 6), rng.randint(2, 9)
     kind = rng.randrange(6)
     if kind == 4:  # one-step problems keep the task within reach of a small model
+        family = "find_more"
         total = a + b * c
         q = f"{name} has {a} {item} and finds {b * c} more. How many {item} does {name} have now?"
         steps = [f"{a} + {b * c} = {total}"]
     elif kind == 5:
+        family = "rows"
         total = b * c
         q = f"A shelf has {b} rows with {c} {item} in each row. How many {item} are on the shelf?"
         steps = [f"{b} * {c} = {total}"]
     elif kind == 0:
+        family = "buy_packs"
         total = a + b * c
         q = f"{name} has {a} {item}. {name} buys {b} packs with {c} {item} each. How many {item} does {name} have now?"
         steps = [f"{b} * {c} = {b * c}", f"{a} + {b * c} = {total}"]
     elif kind == 1:
+        family = "give_away"
         d = rng.randint(1, a + b * c - 1)
         total = a + b * c - d
         q = (f"{name} has {a} {item} and gets {b} bags of {c} {item}. Then {name} gives away {d} {item}. "
              f"How many {item} are left?")
         steps = [f"{b} * {c} = {b * c}", f"{a} + {b * c} = {a + b * c}", f"{a + b * c} - {d} = {total}"]
     elif kind == 2:
+        family = "cost"
         per = rng.randint(2, 9)
         n = b * c
         total = n * per
@@ -55,6 +60,7 @@ def _problem(rng: random.Random) -> dict[str, Any]:
              f"How many dollars do all the {item} in the box cost?")
         steps = [f"{b} * {c} = {n}", f"{n} * {per} = {total}"]
     else:
+        family = "share"
         groups = rng.randint(2, 6)
         n = groups * c
         q = (f"{name} splits {n} {item} equally among {groups} friends and keeps {a} more {item} at home. "
@@ -62,11 +68,15 @@ def _problem(rng: random.Random) -> dict[str, Any]:
         total = c + a
         steps = [f"{n} / {groups} = {c}", f"{c} + {a} = {total}"]
     answer = "\n".join(steps) + f"\n#### {total}"
-    return {"question": q, "answer": answer}
+    return {"question": q, "answer": answer, "family": family}
+
+
+ARITHMETIC_FAMILIES = ("buy_packs", "give_away", "cost", "share", "find_more", "rows")
 
 
 def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` generated arithmetic word problems (one to three steps) with exact answers (GSM8K answer format)."""
+    """``n`` generated arithmetic word problems (one to three steps) with exact answers (GSM8K answer format);
+    ``family`` names the problem template (one of :data:`ARITHMETIC_FAMILIES`), e.g. to hold one out."""
     rng = random.Random(seed)
     return [_problem(rng) for _ in range(n)]
 

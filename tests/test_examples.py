@@ -81,7 +81,27 @@ def test_dense_vs_outcome_benchmark_runs_every_arm_and_seed_and_summarises_them(
         step, mean, std = data["summary"][arm]["heldout_accuracy"][-1]
         assert step == 2 and mean == pytest.approx(sum(finals) / 2) and std == pytest.approx(abs(finals[0] - finals[1]) / 2)
         assert len(data["summary"][arm]["steps_per_response"]) == 2
+    starts = {r["heldout_accuracy"][0][1] for runs in data["runs"].values() for r in runs}
+    assert len(starts) == 1  # the start policy is measured once and shared by every run
     assert (tmp_path / "dense_vs_outcome.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_merging_retention_benchmark_runs_every_optimizer_and_summarises_changes(tmp_path):
+    out = _run_benchmark("merging_retention.py", "--tiny", "--steps", "2", "--eval-size", "3", "--seeds", "0,1",
+                         "--out", str(tmp_path), timeout=900)
+    data = json.loads((tmp_path / "merging_retention.json").read_text())
+    assert set(data["summary"]) == set(data["runs"]) == {"adamw", "ondare", "onties"}
+    assert data["held_family"] == "share" and set(data["sft"]) == {"rewarded_accuracy", "held_accuracy",
+                                                                    "rewarded_nll", "held_nll"}
+    for opt, runs in data["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1] and all(len(r["reward"]) == 2 for r in runs)
+        changes = [r["after"]["held_nll"] - data["sft"]["held_nll"] for r in runs]
+        mean, std = data["summary"][opt]["held_nll"]
+        assert mean == pytest.approx(sum(changes) / 2) and std == pytest.approx(abs(changes[0] - changes[1]) / 2)
+        gains = [r["reward_last3"] - r["reward_first3"] for r in runs]
+        assert data["summary"][opt]["reward_gain"][0] == pytest.approx(sum(gains) / 2)
+    assert "onties: reward gain" in out and (tmp_path / "merging_retention.png").stat().st_size > 10_000
 
 
 def _run_benchmark(name, *args, timeout=600):
