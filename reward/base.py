@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 from reward.steps import Step, StepSplitter
 
@@ -144,3 +145,27 @@ class StepRewardModel(ABC):
     def score_steps(self, prompts: Sequence[str], steps: Sequence[Sequence[Step]],
                     references: Sequence[str | None] | None = None) -> list[list[float] | StepScores]:
         """One list of step scores (or a full StepScores) per response."""
+
+
+@runtime_checkable
+class OnlineTrainable(Protocol):
+    """A reward model that learns during an RL run from the rollouts' verifier labels (``algorithm.
+    reward_update`` in a recipe; ``implicit-prm`` is one). The trainer calls :meth:`update` once per rollout
+    on every rank with that rank's rollouts; ``reduce_gradients(params)`` (given on multi-process runs)
+    averages the gradients over the ranks before the step, so every rank's replica takes the same step. The
+    trainable part is saved into and restored from a folder of each checkpoint.
+
+    Example::
+
+        rm = build_reward("implicit-prm", model="runs/sft/policy")
+        assert isinstance(rm, OnlineTrainable)
+        rm.update({"prompts": ["2+2?"], "responses": ["2+2=4"], "labels": [1]})  # {"loss": 0.69..., ...}
+        rm.save_online("runs/x/checkpoint-4/online_reward")
+    """
+
+    def update(self, batch: dict[str, Sequence[Any]],
+               reduce_gradients: Callable[[list[Any]], None] | None = None) -> dict[str, float]: ...
+
+    def save_online(self, folder: str | Path, with_optimizer: bool = True) -> None: ...
+
+    def load_online(self, folder: str | Path) -> None: ...

@@ -40,6 +40,8 @@ class Algorithm:
         uses_reward: the recipe's ``reward:`` block is this algorithm's step reward (checked by ``rlkit check``).
         supports_peft: a ``peft:`` block (LoRA policy) is allowed.
         accepts_trainer_cls: the runner takes ``trainer_cls=`` (a subclass of its trainer, in-process runs).
+        online_reward: the reward may learn during the run from the rollouts' verifier labels
+            (``algorithm.reward_update``, for rewards that are ``reward.base.OnlineTrainable``).
         own_workers: the runner stays in the ``rlkit train`` process and starts workers itself for the stages
             that need them (so ``distribution`` does not make ``rlkit train`` launch it on every worker).
         runs_stages: a chained run: the recipe's ``stages:`` are other recipes run one after the other
@@ -54,6 +56,7 @@ class Algorithm:
     uses_reward: bool = False
     supports_peft: bool = False
     accepts_trainer_cls: bool = False
+    online_reward: bool = False
     own_workers: bool = False
     runs_stages: bool = False
     validate: Callable[[Any], None] | None = None
@@ -89,10 +92,10 @@ def algorithm_names() -> tuple[str, ...]:
 
 register(Algorithm("grpo", GRPOConfig, "rlkit.trainers.grpo_runner:run_grpo",
                    "GRPO with PRM step scores as per-token credit", uses_reward=True, supports_peft=True,
-                   accepts_trainer_cls=True))
+                   accepts_trainer_cls=True, online_reward=True))
 register(Algorithm("ppo", PRMPPOConfig, "rlkit.trainers.ppo_runner:run_ppo",
                    "PPO with a critic, GAE over PRM step-end rewards", uses_reward=True, supports_peft=True,
-                   accepts_trainer_cls=True))
+                   accepts_trainer_cls=True, online_reward=True))
 register(Algorithm("sft", SFTConfig, "rlkit.trainers.sft_runner:run_sft",
                    "supervised fine-tuning on worked solutions (loss on the completion)", supports_peft=True,
                    accepts_trainer_cls=True))

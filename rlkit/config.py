@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from reward.base import AGGREGATIONS
-from reward.registry import available, check_reward_args
+from reward.base import AGGREGATIONS, OnlineTrainable
+from reward.registry import available, check_reward_args, get_reward_class
 from rlkit import credit
-from rlkit.algorithms import algorithm_names, get_algorithm
+from rlkit.algorithms import Algorithm, algorithm_names, get_algorithm
 from rlkit.data import BUILTIN_DATASETS
 from rlkit.models import check_model_name
 from rlkit.optim.trainer_hook import OPTIMIZER_NAMES, check_optimizer_cfg
@@ -40,6 +40,7 @@ from rlkit.recipe import (
     MachinesConfig,
     OptimizerConfig,
     PeftConfig,
+    REWARD_UPDATES,
     Recipe,
     RecipeError,
     RewardConfig,
@@ -257,6 +258,21 @@ def _check_peft(recipe: Recipe) -> None:
                           "{name: ondare, args: {alpha: 0}} (update dropout only) or adamw")
 
 
+def _check_reward_update(recipe: Recipe, algorithm: Algorithm) -> None:
+    update = recipe.algorithm.reward_update
+    _choice(update, REWARD_UPDATES, "algorithm.reward_update")
+    if update == "none":
+        return
+    if not algorithm.online_reward:
+        online = [n for n in algorithm_names() if get_algorithm(n).online_reward]
+        raise RecipeError(f"algorithm.reward_update: {algorithm.name} runs no rollouts to learn from (allowed "
+                          f"with {', '.join(online)})")
+    if not issubclass(get_reward_class(recipe.reward.name), OnlineTrainable):
+        learners = [n for n in available() if issubclass(get_reward_class(n), OnlineTrainable)]
+        raise RecipeError(f"algorithm.reward_update: reward {recipe.reward.name!r} cannot learn online (it has no "
+                          f"update(); rewards that can: {', '.join(learners)})")
+
+
 def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     """Semantic checks that need registries or the file system (no model is loaded)."""
     _choice(recipe.algorithm.name, algorithm_names(), "algorithm.name")
@@ -297,6 +313,7 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
         problems = check_reward_args(recipe.reward.name, recipe.reward.args)
         if problems:
             raise RecipeError(f"reward.args: {problems[0]}")
+    _check_reward_update(recipe, algorithm)
 
     cfg_cls = algorithm.config_cls
     allowed = {f.name for f in dataclasses.fields(cfg_cls)}

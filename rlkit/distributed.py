@@ -145,6 +145,25 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the ``.grad`` of ``params`` over every rank in place (one all-reduce of the flattened gradients;
+    a missing gradient counts as zero). Nothing happens without a process group or on one rank. Every rank must
+    call it with the same parameters (a replicated module, such as an online-trained reward model)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 def wait_for_everyone() -> None:
     """Barrier across all ranks when a process group is running; nothing otherwise."""
     if dist.is_available() and dist.is_initialized():

@@ -63,6 +63,9 @@ class AlgorithmConfig:
     response score for ``outcome`` credit and for logging. ``outcome_reward``: mix in the verifier's 0/1 answer
     check: ``none``, ``weighted`` (+ outcome_weight * r_v) or ``qwen_math`` (sigmoid(0.5 r_m) + r_v - 1).
     ``steps_growth_warning``: warn when mean steps per response exceeds this factor of its first value.
+    ``reward_update``: let the reward learn during the run (rewards with an ``update``, e.g. ``implicit-prm``,
+    PRIME's online implicit PRM): after each rollout it takes one step on that rollout's verifier labels,
+    ``before_scoring`` (the rollout is scored by the updated reward) or ``after_scoring``; ``none`` keeps it fixed.
     """
 
     name: str = "grpo"
@@ -72,6 +75,10 @@ class AlgorithmConfig:
     outcome_weight: float = 1.0
     scale_rewards: bool = True
     steps_growth_warning: float = 2.0
+    reward_update: str = "none"
+
+
+REWARD_UPDATES = ("none", "before_scoring", "after_scoring")
 
 
 @dataclass

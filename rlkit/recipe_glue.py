@@ -132,11 +132,11 @@ def policy_and_tokenizer(recipe: Recipe) -> tuple[str, Any]:
 
 def rl_trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     """The keyword arguments the GRPO and PPO trainers share: policy, tokenizer, data, step reward, LoRA,
-    optimizer and outcome shaping (the trainer config and algorithm-specific ones are added by the runner)."""
+    optimizer, outcome shaping and online reward updates (the trainer config and algorithm-specific ones are added by the runner)."""
     model, tok = policy_and_tokenizer(recipe)
     train_ds, _ = load_datasets(recipe)
     alg = recipe.algorithm
     return dict(model=model, processing_class=tok, train_dataset=train_ds, step_reward=build_step_reward(recipe),
                 peft_config=peft_config(recipe), aggregation=alg.aggregation, outcome_reward=alg.outcome_reward,
                 outcome_weight=alg.outcome_weight, steps_growth_warning=alg.steps_growth_warning,
-                optimizer_cfg=optimizer_block(recipe))
+                optimizer_cfg=optimizer_block(recipe), reward_update=alg.reward_update)

@@ -4,6 +4,8 @@ Policy and critic live in one DeepSpeed engine (the critic is the policy's ``rlk
 the runs finish, ZeRO-2 and ZeRO-3 give the same losses, the saved policy is a full plain HF folder (no
 placeholder shapes, no critic keys) with the critic beside it, the checkpoint is a DeepSpeed one, evaluation on
 rank 0 alone does not hang under ZeRO-3, and resuming a ZeRO-3 checkpoint reproduces the next steps' losses.
+The runs' reward is an implicit PRM learning online (``algorithm.reward_update``): it trains, is saved with the
+checkpoints and the policy, agrees between ZeRO-2 and ZeRO-3, and resumes with the run.
 DeepSpeed compiles its shm_comm_op extension on first use (~40 s, cached in TORCH_EXTENSIONS_DIR).
 """
 
@@ -38,11 +40,19 @@ def _by_step(hist, key="loss"):
     return {h["step"]: h[key] for h in hist if key in h}
 
 
+def _online_prm(tiny_dirs) -> list[str]:
+    """An implicit PRM that learns from every rollout's verifier labels (replicated on both ranks, gradients
+    averaged): a rank whose copy drifted from rank 0's would break the resume test below, which restores
+    rank 0's saved copy on both ranks."""
+    return [f"reward={{name: implicit-prm, args: {{model: {tiny_dirs['policy']}, beta: 0.5, lr: 0.05, "
+            f"optimizer: sgd}}}}", "algorithm.reward_update=after_scoring"]
+
+
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory, tiny_dirs):
     root = tmp_path_factory.mktemp("ppo_zero")
     return {stage: _train(root, tiny_dirs, f"zero{stage}", f"distribution=zero{stage}", "training.max_steps=4",
-                          f"data.num_eval={2 if stage == 3 else 0}")
+                          f"data.num_eval={2 if stage == 3 else 0}", *_online_prm(tiny_dirs))
             for stage in (2, 3)}
 
 
@@ -66,6 +76,10 @@ def test_zero_run_trains_and_saves_policy_and_critic(zero_runs, tiny_dirs, stage
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert list(ckpt.glob("global_step*/*optim_states.pt")), "not a DeepSpeed checkpoint"
     assert (ckpt / "critic" / "model.safetensors").is_file()
+    assert (ckpt / "online_reward" / "online_state.pt").is_file()
+    prm = load_file(str(run / "policy" / "online_reward" / "model.safetensors"))
+    assert max(float((prm[k] - start[k]).abs().max()) for k in start) > 1e-4  # the implicit PRM learned
+    assert sorted(_by_step(hist, "online_reward/loss")) == [1, 3]  # one update per rollout (2 PPO epochs each)
     if stage == 3:
         assert (run / "report").is_dir()  # rank-0 evaluation before and after training did not hang
 
@@ -75,17 +89,21 @@ def test_zero2_and_zero3_agree(zero_runs):
     assert l2 == pytest.approx(l3, abs=1e-5)
     v2, v3 = _by_step(zero_runs[2][1], "value_loss"), _by_step(zero_runs[3][1], "value_loss")
     assert v2 == pytest.approx(v3, abs=1e-5)
+    p2, p3 = (_by_step(zero_runs[s][1], "online_reward/loss") for s in (2, 3))
+    assert p2 == pytest.approx(p3, abs=1e-5)
 
 
 def test_zero3_resume_gives_the_same_next_step_losses(zero_runs, tmp_path, tiny_dirs):
     run, hist = zero_runs[3]
     ckpt = run / "checkpoints" / "checkpoint-2"
     _, resumed = _train(tmp_path, tiny_dirs, "zero3_resume", "distribution=zero3", "training.max_steps=4",
-                        "data.num_eval=0", f"training.resume_from_checkpoint={ckpt}")
+                        "data.num_eval=0", f"training.resume_from_checkpoint={ckpt}", *_online_prm(tiny_dirs))
     want, got = _by_step(hist), _by_step(resumed)
     assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], abs=1e-5)
     wv, gv = _by_step(hist, "value_loss"), _by_step(resumed, "value_loss")
     assert [gv[s] for s in (3, 4)] == pytest.approx([wv[s] for s in (3, 4)], abs=1e-5)
+    wp, gp = _by_step(hist, "online_reward/loss"), _by_step(resumed, "online_reward/loss")
+    assert gp[3] == pytest.approx(wp[3], abs=1e-5)  # the rollout after the checkpoint, scored by the restored PRM
 
 
 @pytest.mark.parametrize("stage", [2, 3])

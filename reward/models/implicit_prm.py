@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from reward.registry import register
 from reward.steps import Step, StepSplitter, step_token_spans, token_char_ends
 
 OPTIMIZERS = ("adamw", "sgd")
+ONLINE_STATE_FILE = "online_state.pt"  # optimizer state and update count, beside the saved pi_phi
 
 
 def outcome_loss(response_rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,6 +132,7 @@ class ImplicitPRM(ResponseAwareReward):
         self.pad_token_id = pad_id_of(self.tokenizer, self.model)
         self.optimizer_name, self.lr = optimizer, float(lr)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.updates = 0  # optimizer steps taken by update()
 
     # ------------------------------------------------------------------------------------------ encoding
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -188,9 +191,12 @@ class ImplicitPRM(ResponseAwareReward):
             ref = _token_log_probs(output_logits(self.ref_model(input_ids=ids, attention_mask=mask)), ids)
         return self.beta * ((phi - ref) * response).sum(dim=1)
 
-    def update(self, batch: dict[str, Sequence[Any]]) -> dict[str, float]:
+    def update(self, batch: dict[str, Sequence[Any]],
+               reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None) -> dict[str, float]:
         """One optimizer step on :func:`outcome_loss` for ``{"prompts", "responses", "labels" (0/1)}``.
 
+        ``reduce_gradients(params)``, when given, runs between the backward pass and the step (an RL run with
+        several ranks averages the gradients there, so every rank's copy takes the same step).
         Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses whose reward sign matches
         the label, before the step). The model is in train mode during the step, as it was afterwards.
         """
@@ -200,23 +206,59 @@ class ImplicitPRM(ResponseAwareReward):
                               f"{len(prompts)}, {len(responses)}, {len(labels)}")
         if any(y not in (0, 1, True, False, 0.0, 1.0) for y in labels):
             raise RewardError(f"implicit-prm update: labels must be 0 or 1, got {labels}")
-        if self.optimizer is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.SGD
-            self.optimizer = cls(params, lr=self.lr)
+        optimizer = self.trainable_optimizer()
         was_training = self.model.training
         self.model.train()
         try:
             y = torch.tensor([float(v) for v in labels], device=self.device)
             rewards = self.response_rewards(prompts, responses)
             loss = outcome_loss(rewards.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            if reduce_gradients is not None:
+                reduce_gradients([p for group in optimizer.param_groups for p in group["params"]])
+            optimizer.step()
         finally:
             self.model.train(was_training)
+        self.updates += 1
         acc = ((rewards.detach() > 0).float() == y).float().mean()
         return {"loss": float(loss.detach()), "reward_mean": float(rewards.detach().mean()), "accuracy": float(acc)}
+
+    def trainable_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer :meth:`update` steps (built on first use over pi_phi's trainable parameters)."""
+        if self.optimizer is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.SGD
+            self.optimizer = cls(params, lr=self.lr)
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------------ online state
+    def save_online(self, folder: str | Path, with_optimizer: bool = True) -> None:
+        """pi_phi as a loadable HF folder (weights, config, tokenizer: a later recipe's ``model:``), plus, with
+        ``with_optimizer``, the optimizer state and update count a resumed run continues from."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        if with_optimizer:
+            state = {"updates": self.updates,
+                     "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+            torch.save(state, folder / ONLINE_STATE_FILE)
+
+    def load_online(self, folder: str | Path) -> None:
+        """Restore what :meth:`save_online` wrote: pi_phi's weights and, when saved, optimizer and update count
+        (pi_ref stays as built: it is frozen)."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise RewardError(f"{folder}: no saved implicit-prm model (config.json missing)")
+        saved, _ = load_model(str(folder), "causal-lm", tokenizer=self.tokenizer, device=self.device, dtype=None)
+        self.model.load_state_dict(saved.state_dict())
+        state_file = folder / ONLINE_STATE_FILE
+        if state_file.is_file():
+            state = torch.load(state_file, weights_only=True)
+            self.updates = int(state["updates"])
+            if state["optimizer"] is not None:
+                self.trainable_optimizer().load_state_dict(state["optimizer"])
 
 
 def _token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -18,16 +18,22 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from reward.base import StepRewardModel, StepScores, aggregate
+from reward.base import OnlineTrainable, StepRewardModel, StepScores, aggregate
 from reward.models.verifier import is_correct
 from reward.steps import locate_text, step_token_spans
 from rlkit import credit as credit_lib
+from rlkit.checkpoints import CheckpointError
+from rlkit.distributed import average_gradients, is_main_process, single_rank_hf
+from rlkit.recipe import REWARD_UPDATES
 
 logger = logging.getLogger(__name__)
+
+ONLINE_REWARD_DIR = "online_reward"  # in checkpoints and policy/: the online-trained reward's model
 
 
 @dataclass
@@ -81,11 +87,21 @@ class StepScoringMixin:
         outcome_reward / outcome_weight: how the verifier is mixed in (``rlkit.credit``).
         steps_growth_warning: warn once mean steps per response exceeds this factor of its first value.
         optimizer_cfg: the recipe's optimizer block (``rlkit.optim.RecipeOptimizerMixin``).
+        reward_update: "none" | "before_scoring" | "after_scoring": a ``reward.base.OnlineTrainable`` reward
+            (e.g. ``implicit-prm``) takes one step per training rollout on that rollout's verifier labels,
+            before or after it scores the rollout; gradients are averaged over ranks. Its trainable model is
+            saved as ``online_reward/`` in every checkpoint (with its optimizer) and in ``policy/``, and a
+            resumed run restores it. Logged as ``online_reward/loss|accuracy|reward_mean``.
     """
 
     def __init__(self, *, step_reward: StepRewardModel, aggregation: str = "min", outcome_reward: str = "none",
                  outcome_weight: float = 1.0, steps_growth_warning: float = 2.0,
-                 optimizer_cfg: dict | None = None, **kwargs: Any) -> None:
+                 optimizer_cfg: dict | None = None, reward_update: str = "none", **kwargs: Any) -> None:
+        if reward_update not in REWARD_UPDATES:
+            raise ValueError(f"reward_update: unknown value {reward_update!r} (allowed: {', '.join(REWARD_UPDATES)})")
+        if reward_update != "none" and not isinstance(step_reward, OnlineTrainable):
+            raise ValueError(f"reward_update: {type(step_reward).__name__} cannot learn online (it has no update())")
+        self.reward_update = reward_update
         self.step_reward = step_reward
         self.aggregation = aggregation
         self.outcome_reward = outcome_reward
@@ -119,10 +135,17 @@ class StepScoringMixin:
                          answer: list[str] | None = None, **_: Any) -> list[float]:
         questions = [prompt_text(p) for p in prompts]
         texts = [prompt_text(c) for c in completions]
-        refs = list(answer) if answer is not None else None
-        scored = self.score_completions(questions, texts, refs)
-        items = [self._place(text, list(ids), sc, ref)
-                 for text, ids, sc, ref in zip(texts, completion_ids, scored, refs or [None] * len(texts))]
+        refs = list(answer) if answer is not None else [None] * len(texts)
+        # the verifier runs whenever a reference exists: outcome shaping, the accuracy monitor, online labels
+        verified = [None if ref is None else float(is_correct(text, ref)) for text, ref in zip(texts, refs)]
+        learn = self.reward_update != "none" and self.model.training
+        if learn and self.reward_update == "before_scoring":
+            self.update_reward(questions, texts, verified)
+        scored = self.score_completions(questions, texts, None if answer is None else refs)
+        if learn and self.reward_update == "after_scoring":
+            self.update_reward(questions, texts, verified)
+        items = [self._place(text, list(ids), sc, v)
+                 for text, ids, sc, v in zip(texts, completion_ids, scored, verified)]
         if any(it.unplaced for it in items) and not self._warned_unplaced:
             self._warned_unplaced = True
             logger.warning("%d of %d scored steps could not be placed on the completion's tokens (the scored text "
@@ -132,7 +155,37 @@ class StepScoringMixin:
         self._pending = items
         return [aggregate(it.scores, self.aggregation) for it in items]
 
-    def _place(self, text: str, ids: list[int], sc: StepScores, ref: str | None) -> ScoredCompletion:
+    def update_reward(self, questions: list[str], completions: list[str], verified: list[float | None]) -> None:
+        """Hook: one online step of the reward on this rank's rollout, labelled by the verifier (every rank
+        calls it once per rollout; :func:`rlkit.distributed.average_gradients` keeps the replicas equal)."""
+        if any(v is None for v in verified):
+            raise ValueError("reward_update needs the verifier's labels: the training data has no reference "
+                             "answers (data.answer_field)")
+        stats = self.step_reward.update({"prompts": questions, "responses": completions, "labels": verified},
+                                        reduce_gradients=average_gradients)
+        for key, value in stats.items():
+            self._metrics["train"][f"online_reward/{key}"].append(value)
+
+    # ------------------------------------------------------------------ the online reward's state
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The policy as the Trainer saves it, plus an online-trained reward's model in ``online_reward/``
+        (with its optimizer state inside checkpoints)."""
+        super().save_model(output_dir, _internal_call)
+        if self.reward_update != "none" and is_main_process():
+            folder = Path(output_dir or self.args.output_dir) / ONLINE_REWARD_DIR
+            self.step_reward.save_online(folder, with_optimizer=_internal_call)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.reward_update != "none":
+            folder = Path(checkpoint) / ONLINE_REWARD_DIR
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder}: missing (the run's reward learns online, reward_update: "
+                                      f"{self.reward_update}, but this checkpoint holds no reward state)")
+            with single_rank_hf():  # a plain replica: no ZeRO-3 partitioning while its weights load
+                self.step_reward.load_online(folder)
+
+    def _place(self, text: str, ids: list[int], sc: StepScores, verified: float | None) -> ScoredCompletion:
         """Each step's score on the token that ends it, aligned against the decoded ids: TRL may have parsed
         the response (reasoning / tool calls moved out of the content), so ``text`` can be a part of them."""
         n_tok = max(len(ids), 1)
@@ -146,8 +199,6 @@ class StepScoringMixin:
             scores = list(sc.scores)
         else:  # an empty completion: one pseudo-step scored 0 on its last token
             ends, scores = [n_tok - 1], [0.0]
-        # the verifier runs whenever a reference exists: for outcome shaping and the accuracy monitor
-        verified = None if ref is None else float(is_correct(text, ref))
         return ScoredCompletion(scores, ends, verified, len(ids), len(sc.steps), unplaced)
 
     # ------------------------------------------------------------------ monitors
@@ -167,7 +218,9 @@ class StepScoringMixin:
         ver = [it for it in items if it.verified is not None]
         if ver:
             m["outcome/accuracy"].append(sum(it.verified for it in ver) / len(ver))
-            agree = [(aggregate(it.scores, self.aggregation) >= 0.5) == (it.verified >= 0.5) for it in ver]
+            # a probability says "correct" from 0.5 on; a raw score (e.g. a log-ratio) from 0 on
+            threshold = 0.5 if self.probabilistic_scores else 0.0
+            agree = [(aggregate(it.scores, self.aggregation) >= threshold) == (it.verified >= 0.5) for it in ver]
             m["prm/verifier_agreement"].append(sum(agree) / len(agree))
         if mode == "train" and mean_steps > 0:
             if self._first_steps_per_response is None:
