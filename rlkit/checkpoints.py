@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from reward.labeling.io import atomic_write_text
@@ -94,13 +96,13 @@ class RunGuard(TrainerCallback):
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.signal_name: str | None = None
+        self.signum = 0  # the signal this process received (0: none)
         self.stop_reason: str | None = None
         self._previous: dict[int, Any] = {}
 
     # -- signals ------------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        self.signum = signum
         for sig, handler in self._previous.items():  # a second signal: the default behaviour, at once
             signal.signal(sig, handler)
 
@@ -117,9 +119,15 @@ class RunGuard(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_name is not None and self.stop_reason is None:
-            self.stop_reason = (f"{self.signal_name} at step {state.global_step}: checkpoint saved; continue with "
-                                f"`rlkit train --resume {self.run_dir}`")
+        if self.stop_reason is not None:
+            return control
+        # every rank must stop after the same step (the save and the next step are collective): the ranks agree
+        # on whether any of them was signalled (a signal may reach one rank only, or reach them a step apart)
+        signum = agree_on_signal(self.signum)
+        if signum:
+            where = "" if self.signum else " (on another rank)"
+            self.stop_reason = (f"{signal.Signals(signum).name}{where} at step {state.global_step}: checkpoint "
+                                f"saved; continue with `rlkit train --resume {self.run_dir}`")
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -145,6 +153,16 @@ class RunGuard(TrainerCallback):
     def raise_if_stopped(self) -> None:
         if self.stop_reason is not None:
             raise TrainingStopped(self.stop_reason)
+
+
+def agree_on_signal(signum: int) -> int:
+    """The largest signal number any rank has received (0: none); ``signum`` on a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return signum
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 def _in_main_thread() -> bool:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 import yaml
@@ -119,10 +122,36 @@ def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None 
     if not cuda_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
-    proc = subprocess.run(accelerate_command(recipe, run_dir, machine), env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"distributed run failed with exit code {proc.returncode} (the workers' errors are "
+    # its own session: a Ctrl-C in the terminal reaches this process only, which passes it on exactly once
+    proc = subprocess.Popen(accelerate_command(recipe, run_dir, machine), env=env, start_new_session=True)
+    code = wait_passing_signals(proc)
+    if code != 0:
+        raise RuntimeError(f"distributed run failed with exit code {code} (the workers' errors are "
                            f"printed above); run folder {run_dir}")
+
+
+def wait_passing_signals(launcher: subprocess.Popen) -> int:
+    """Wait for the launcher; a SIGINT/SIGTERM this process gets goes to every worker under it (not to the
+    launcher, which would pass it on again and, when its grace period ends, kill workers that are still saving).
+    The workers save a checkpoint and stop after the same step (:class:`rlkit.checkpoints.RunGuard`); a second
+    signal makes them exit at once. Returns the launcher's exit code."""
+    def pass_on(signum, frame) -> None:
+        try:
+            workers = psutil.Process(launcher.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.send_signal(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return launcher.wait()
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return launcher.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -24,9 +24,16 @@ import torch.distributed as dist
 
 from reward.labeling.io import atomic_write_text
 from rlkit.algorithms import get_algorithm
-from rlkit.checkpoints import RESUME_FILE, newest_complete_checkpoint, verify_checkpoint
+from rlkit.checkpoints import RESUME_FILE, TrainingStopped, newest_complete_checkpoint, verify_checkpoint
 from rlkit.config import load_recipe, recipe_from_dict
-from rlkit.distributed import RECIPE_FILE, MachineLaunch, cuda_available, launch_workers, write_run_files
+from rlkit.distributed import (
+    RECIPE_FILE,
+    MachineLaunch,
+    cuda_available,
+    is_main_process,
+    launch_workers,
+    write_run_files,
+)
 from rlkit.recipe import Recipe, RecipeError, apply_overrides, yaml_load
 
 
@@ -76,6 +83,9 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     except RuntimeError as e:
         mark_failed(run_dir, str(e))
         raise
+    stopped = stopped_reason(run_dir)
+    if stopped is not None:  # the workers stopped cleanly (a signal): FAILED.txt says why
+        raise TrainingStopped(stopped)
     return run_dir
 
 
@@ -139,6 +149,16 @@ def mark_failed(run_dir: Path, message: str) -> None:
     (Path(run_dir) / "FAILED.txt").write_text(message.strip() + "\n")
 
 
+STOPPED_PREFIX = f"{TrainingStopped.__name__}: "
+
+
+def stopped_reason(run_dir: Path) -> str | None:
+    """Why a run's workers stopped early on purpose (their FAILED.txt), or None."""
+    failed = Path(run_dir) / "FAILED.txt"
+    text = failed.read_text().strip() if failed.is_file() else ""
+    return text[len(STOPPED_PREFIX):] if text.startswith(STOPPED_PREFIX) else None
+
+
 def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:
     """Build and run the trainer for ``run_dir/recipe.yaml`` (in-process, or as one accelerate worker)."""
     run_dir = Path(run_dir)
@@ -168,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m rlkit.launch RUN_DIR", file=sys.stderr)
         return 2
-    run_worker(Path(args[0]))
+    try:
+        run_worker(Path(args[0]))
+    except TrainingStopped as e:
+        # a clean stop (signal) on every rank after the same step: rank 0 leaves the reason for `rlkit train`,
+        # which prints it in one line; no rank prints a traceback, and the launcher sees a clean exit
+        if is_main_process():
+            mark_failed(Path(args[0]), f"{STOPPED_PREFIX}{e}")
     try:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()

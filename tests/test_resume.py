@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rlkit.checkpoints import COMPLETE_MARKER, CheckpointError, newest_complete_checkpoint, verify_checkpoint
@@ -108,19 +109,62 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_dirs):
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe_text("grpo", tiny_dirs["policy"], 400).replace("save_steps: 1", "save_steps: 1000"))
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli(str(path), "--run-dir", str(run)), env=env(), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((run / "tensorboard").rglob("events*")):
-        time.sleep(0.5)
-    time.sleep(3)  # a few steps in
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err[-2000:]
+    code, err = _start_and_signal([str(path), "--run-dir", str(run)], tmp_path / "out.log", "parent", signal.SIGTERM)
+    assert code == 1, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("rlkit: error: SIGTERM at step ") and f"rlkit train --resume {run}" in last, last
     ckpt = newest_complete_checkpoint(run)
     assert ckpt is not None and 0 < int(ckpt.name.split("-")[1]) < 400  # saved where it stopped, not at 1000
+
+
+def _start_and_signal(args: list[str], log: Path, target: str, sig: int) -> tuple[int, str]:
+    """Start `rlkit train ARGS` in its own session (as a shell would; stdout to ``log``), wait until it has
+    logged 3 training steps, send ``sig`` to ``target`` ("parent": the rlkit process, as Ctrl-C in its
+    terminal; "rank1": rank 1's worker alone) and return (exit code, stderr)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cli(*args), env=env(), cwd=REPO, stdout=out, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and log.read_text().count("'epoch'") < 3 and proc.poll() is None:
+            time.sleep(0.2)
+        if target == "parent":
+            proc.send_signal(sig)
+        else:
+            workers = [w for w in psutil.Process(proc.pid).children(recursive=True)
+                       if w.environ().get("LOCAL_RANK") == "1" and "rlkit.launch" in " ".join(w.cmdline())]
+            assert len(workers) == 1, workers
+            workers[0].send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=240)  # a rank left behind would hang in the next collective
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"the run did not stop within 240 s of {signal.Signals(sig).name} to {target}")
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_or_to_rlkit_stops_every_rank_after_the_same_step_and_resumes(tmp_path, tiny_dirs):
+    # ZeRO-2 on 2 processes, checkpoints only when stopped: the ranks must agree on the step that ends the run
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe_text("grpo", tiny_dirs["policy"], 150).replace("save_steps: 1", "save_steps: 1000")
+                    + "distribution: zero2\n")
+    run = tmp_path / "run"
+    steps = []
+    for args, target, sig in (([str(path), "--run-dir", str(run)], "rank1", signal.SIGTERM),
+                              (["--resume", str(run)], "parent", signal.SIGINT)):
+        code, err = _start_and_signal(args, tmp_path / "out.log", target, sig)
+        last = err.strip().splitlines()[-1]
+        name = "SIGTERM (on another rank)" if target == "rank1" else "SIGINT"
+        assert code == 1 and last.startswith(f"rlkit: error: {name} at step "), err[-3000:]
+        assert f"rlkit train --resume {run}" in last and "Traceback" not in err  # one line, no rank's traceback
+        steps.append(int(last.split(" at step ")[1].split(":")[0]))
+        ckpt = newest_complete_checkpoint(run)
+        assert ckpt is not None and ckpt.name == f"checkpoint-{steps[-1]}"
+        verify_checkpoint(ckpt)
+    assert 0 < steps[0] < steps[1] < 150
+    res = subprocess.run(cli("--resume", str(run)), env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "run_info.json").read_text())["global_step"] == 150
 
 
 @pytest.mark.slow
