@@ -133,3 +133,14 @@ def test_dead_reward_server_fails_in_one_line_and_marks_the_run(tiny_dirs, tmp_p
     assert "Traceback" not in res.stderr
     run = next(out.iterdir())
     assert (run / "FAILED.txt").is_file() and not (run / "policy").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `rlkit check quickstart | head -1`: the pipe closes after the first line; rlkit stops quietly (exit 141)
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit.cli", "check", "quickstart"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and first.startswith("quickstart: ok")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
