@@ -179,16 +179,19 @@ def main(argv: list[str] | None = None) -> dict:
     sft = measure(start_model, load_tokenizer(policy), evals, build_reward(recipe.reward.name, **recipe.reward.args),
                   max_new)
     del start_model
-    runs = {opt: [one_run(sets, opt, base, seed, evals) for seed in seeds] for opt in optimizers}
-    summary = summarise(runs, sft)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python benchmarks/merging_retention.py " + " ".join(argv or sys.argv[1:]),
-              "policy": "tiny" if args.tiny else args.policy, "base": "tiny" if args.tiny else args.base,
-              "held_family": args.held_family, "seeds": seeds, "steps": args.steps, "eval_size": args.eval_size,
-              "sft": sft, "summary": summary, "runs": runs}
-    (out / "merging_retention.json").write_text(json.dumps(result, indent=1))
+    runs: dict[str, list[dict]] = {opt: [] for opt in optimizers}
+    for seed in seeds:  # every optimizer once per seed, so a run cut short still holds comparable arms
+        for opt in optimizers:
+            runs[opt].append(one_run(sets, opt, base, seed, evals))
+            done = {o: rs for o, rs in runs.items() if rs}
+            result = {"command": "python benchmarks/merging_retention.py " + " ".join(argv or sys.argv[1:]),
+                      "policy": "tiny" if args.tiny else args.policy, "base": "tiny" if args.tiny else args.base,
+                      "held_family": args.held_family, "seeds": seeds, "steps": args.steps,
+                      "eval_size": args.eval_size, "sft": sft, "summary": summarise(done, sft), "runs": done}
+            (out / "merging_retention.json").write_text(json.dumps(result, indent=1))  # after every run
+    summary = result["summary"]
     plot(summary, out / "merging_retention.png")
     print(f"SFT policy: rewarded-family accuracy {sft['rewarded_accuracy']:.3f}, held-out family "
           f"({args.held_family}) {sft['held_accuracy']:.3f}, loss {sft['rewarded_nll']:.4f} / {sft['held_nll']:.4f}")
