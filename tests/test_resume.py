@@ -89,7 +89,7 @@ def test_non_finite_loss_stops_in_one_line_with_the_last_checkpoint_intact(tmp_p
             loss = super()._compute_loss(model, inputs)
             return loss * float("nan") if self.state.global_step == 2 else loss
 
-    data = json.loads(json.dumps(testing_recipe(tiny_dirs["policy"])))
+    data = json.loads(json.dumps(nan_recipe(tiny_dirs["policy"])))
     with pytest.raises(RuntimeError, match=r"step 3: (loss|grad_norm) is nan; stopped before saving \(last good checkpoint: .*checkpoint-2\)"):
         train(recipe_from_dict(data), run_dir=tmp_path / "run", trainer_cls=NanAtStep3)
     assert (tmp_path / "run" / "FAILED.txt").is_file()
@@ -97,7 +97,7 @@ def test_non_finite_loss_stops_in_one_line_with_the_last_checkpoint_intact(tmp_p
     assert not (tmp_path / "run" / "checkpoints" / "checkpoint-3").exists()
 
 
-def testing_recipe(policy: str) -> dict:
+def nan_recipe(policy: str) -> dict:
     return {"name": "nan", "model": policy, "data": {"train": "builtin:arithmetic", "num_train": 16, "num_eval": 0},
             "algorithm": {"name": "grpo"}, "training": {"max_steps": 4, "num_generations": 2,
                                                         "per_device_train_batch_size": 2, "max_completion_length": 8,
