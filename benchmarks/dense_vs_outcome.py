@@ -74,10 +74,12 @@ class HeldOut(TrainerCallback):
             self.measure(state.global_step)
 
 
-def one_run(sets: list[str], credit: str, seed: int, eval_every: int, start: float | None = None) -> dict:
-    """Train one arm with one seed; its curves. ``start``: the start policy's held-out accuracy if known."""
+def one_run(sets: list[str], credit: str, seed: int, eval_every: int, start: float | None = None,
+            monitors: tuple[str, ...] = (), name: str = "dvo") -> dict:
+    """Train one arm with one seed; its curves (and those of the logged ``monitors``). ``start``: the start
+    policy's held-out accuracy if known."""
     recipe = load_recipe("grpo_prm_quickstart", sets + [f"algorithm.credit={credit}", f"seed={seed}",
-                                                        f"name=dvo_{credit}_{seed}"])
+                                                        f"name={name}_{credit}_{seed}"])
     run_dir = new_run_dir(recipe, tempfile.mkdtemp(prefix="rlkit-dvo-"))
     write_run_files(recipe, run_dir)
     _, eval_ds = load_datasets(recipe)
@@ -86,10 +88,10 @@ def one_run(sets: list[str], credit: str, seed: int, eval_every: int, start: flo
     trainer.add_callback(cb)
     trainer.train()
     hist = trainer.state.log_history
-    return {"seed": seed, "heldout_accuracy": cb.points,
-            "reward": [(h["step"], h["reward"]) for h in hist if "reward" in h],
-            "steps_per_response": [(h["step"], h["prm/steps_per_response"]) for h in hist
-                                   if "prm/steps_per_response" in h]}
+    curves = {key: [(h["step"], h[key]) for h in hist if key in h]
+              for key in ("reward", "prm/steps_per_response") + tuple(monitors)}
+    return {"seed": seed, "heldout_accuracy": cb.points, "reward": curves.pop("reward"),
+            "steps_per_response": curves.pop("prm/steps_per_response"), **{k: v for k, v in curves.items() if v}}
 
 
 def mean_std(runs: list[dict], key: str) -> list[tuple[int, float, float]]:

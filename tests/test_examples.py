@@ -104,6 +104,19 @@ def test_merging_retention_benchmark_runs_every_optimizer_and_summarises_changes
     assert "onties: reward gain" in out and (tmp_path / "merging_retention.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_online_prm_benchmark_runs_both_arms_with_the_online_monitors(tmp_path):
+    out = _run_benchmark("online_prm.py", "--tiny", "--steps", "2", "--eval-every", "2", "--eval-size", "2",
+                         "--seeds", "0", "--out", str(tmp_path), timeout=900)
+    data = json.loads((tmp_path / "online_prm.json").read_text())
+    (fixed,), (online,) = data["runs"]["fixed"], data["runs"]["online"]
+    assert [p[0] for p in online["heldout_accuracy"]] == [0, 2] and fixed["heldout_accuracy"][0] == \
+        online["heldout_accuracy"][0]  # the same start, measured once
+    assert len(online["online_reward/loss"]) == 2 and "online_reward/loss" not in fixed  # only it learns
+    assert online["online_reward/loss"][0][1] == pytest.approx(0.6931, abs=1e-4)  # pi_phi = pi_ref at first
+    assert "online seed 0: PRM-vs-verifier agreement" in out and (tmp_path / "online_prm.png").is_file()
+
+
 def _run_benchmark(name, *args, timeout=600):
     res = run_script("benchmarks", name, *args, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]

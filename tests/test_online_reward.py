@@ -83,6 +83,7 @@ def test_each_rollout_takes_the_outcome_loss_gradient_step_on_the_verifier_label
     # scored 0, so PRM and verifier agree exactly where the verifier says correct
     labels = seen[0][0]["labels"]
     assert first["prm/verifier_agreement"] == pytest.approx(sum(labels) / len(labels))
+    assert seen[0][1]["accuracy"] == pytest.approx(sum(labels) / len(labels))  # the same rule in the update
 
 
 def test_before_scoring_scores_the_first_rollout_with_the_updated_prm(tmp_path, tiny_dirs):

@@ -197,8 +197,8 @@ class ImplicitPRM(ResponseAwareReward):
 
         ``reduce_gradients(params)``, when given, runs between the backward pass and the step (an RL run with
         several ranks averages the gradients there, so every rank's copy takes the same step).
-        Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses whose reward sign matches
-        the label, before the step). The model is in train mode during the step, as it was afterwards.
+        Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses judged as their label says
+        before the step, a reward >= 0 (sigmoid >= 0.5) meaning correct, as ``prm/verifier_agreement`` does). The model is in train mode during the step, as it was afterwards.
         """
         prompts, responses, labels = (list(batch.get(k) or []) for k in ("prompts", "responses", "labels"))
         if not responses or len(prompts) != len(responses) or len(labels) != len(responses):
@@ -221,7 +221,7 @@ class ImplicitPRM(ResponseAwareReward):
         finally:
             self.model.train(was_training)
         self.updates += 1
-        acc = ((rewards.detach() > 0).float() == y).float().mean()
+        acc = ((rewards.detach() >= 0).float() == y).float().mean()  # sigmoid(r) >= 0.5: judged correct
         return {"loss": float(loss.detach()), "reward_mean": float(rewards.detach().mean()), "accuracy": float(acc)}
 
     def trainable_optimizer(self) -> torch.optim.Optimizer:
