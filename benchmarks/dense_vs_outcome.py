@@ -104,14 +104,18 @@ def mean_std(runs: list[dict], key: str) -> list[tuple[int, float, float]]:
     return out
 
 
-def plot(summary: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    titles = {"heldout_accuracy": "held-out greedy accuracy", "reward": "training reward",
-              "steps_per_response": "steps per sampled response"}
+TITLES = {"heldout_accuracy": "held-out greedy accuracy", "reward": "training reward",
+          "steps_per_response": "steps per sampled response"}
+
+
+def plot(summary: dict, path: Path, titles: dict[str, str] = TITLES) -> None:
+    """One panel per curve in ``titles`` (key -> title): each arm's mean over seeds with a +- std band."""
+    fig, axes = plt.subplots(1, len(titles), figsize=(13, 3.6))
     for ax, (key, title) in zip(axes, titles.items()):
         for arm, curves in summary.items():
-            pts = curves[key]
-            xs, ms, ss = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+            if key not in curves:
+                continue
+            xs, ms, ss = zip(*curves[key])
             ax.plot(xs, ms, marker="o", ms=3, label=arm)
             ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], alpha=0.2)
         ax.set_title(f"{title} (mean +- std over seeds)", fontsize=9)

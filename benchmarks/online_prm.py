@@ -28,19 +28,15 @@ import statistics
 import sys
 from pathlib import Path
 
-import matplotlib
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dense_vs_outcome import RL_SETTINGS, TINY_SETTINGS, mean_std, one_run  # noqa: E402
+from dense_vs_outcome import RL_SETTINGS, TINY_SETTINGS, mean_std, one_run, plot  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from _tiny import tiny_model_dir  # noqa: E402
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 MONITORS = ("outcome/accuracy", "prm/verifier_agreement", "online_reward/accuracy", "online_reward/loss")
-CURVES = ("heldout_accuracy", "outcome/accuracy", "steps_per_response")
+CURVES = {"heldout_accuracy": "held-out greedy accuracy", "outcome/accuracy": "verifier accuracy of samples",
+          "steps_per_response": "steps per sampled response"}
 
 
 def online_sets(policy: str, tiny: bool) -> list[str]:
@@ -61,24 +57,6 @@ def fixed_runs(path: str | None, seeds: list[int]) -> dict[int, dict]:
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return {arm: {k: mean_std(rs, k) for k in CURVES if all(rs and r.get(k) for r in rs)}
             for arm, rs in runs.items() if rs}
-
-
-def plot(summary: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.6))
-    for ax, key in zip(axes, CURVES):
-        for arm, curves in summary.items():
-            if key not in curves:
-                continue
-            xs, ms, ss = zip(*curves[key])
-            ax.plot(xs, ms, marker="o", ms=3, label=arm)
-            ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], alpha=0.2)
-        ax.set_title(f"{key} (mean +- std over seeds)", fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "fixed_from": None if args.tiny else args.fixed, "summary": summarise(runs), "runs": runs}
         (out / "online_prm.json").write_text(json.dumps(result, indent=1))  # after every seed
     summary = result["summary"]
-    plot(summary, out / "online_prm.png")
+    plot(summary, out / "online_prm.png", CURVES)
     for arm, curves in summary.items():
         (s0, m0, _), (s1, m1, sd1) = curves["heldout_accuracy"][0], curves["heldout_accuracy"][-1]
         line = f"{arm:>6}: held-out accuracy step {s0} {m0:.3f} -> step {s1} {m1:.3f} +- {sd1:.3f} ({len(seeds)} seeds)"
