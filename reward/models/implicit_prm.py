@@ -198,7 +198,8 @@ class ImplicitPRM(ResponseAwareReward):
         ``reduce_gradients(params)``, when given, runs between the backward pass and the step (an RL run with
         several ranks averages the gradients there, so every rank's copy takes the same step).
         Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses judged as their label says
-        before the step, a reward >= 0 (sigmoid >= 0.5) meaning correct, as ``prm/verifier_agreement`` does). The model is in train mode during the step, as it was afterwards.
+        before the step, a reward >= 0 (sigmoid >= 0.5) meaning correct, as ``prm/verifier_agreement`` does).
+        The model is in train mode during the step, as it was afterwards.
         """
         prompts, responses, labels = (list(batch.get(k) or []) for k in ("prompts", "responses", "labels"))
         if not responses or len(prompts) != len(responses) or len(labels) != len(responses):
