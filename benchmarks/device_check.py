@@ -144,13 +144,21 @@ def phases(gen_s: float, score_s: float, train_s: float, gen_tokens: int, seq_to
             "train_mfu": flops["training"] / train_s / rate}
 
 
-def grpo_step(policy, prm, opt, sz: dict, device: torch.device, rate: float) -> dict[str, float]:
-    clock, p_len, mb = Clock(device), sz["prompt_tokens"], sz["micro_batch"]
+def rollout_and_scores(policy, prm, prompts: int, generations: int, sz: dict, device: torch.device, clock):
+    """The start every step shares: sample, lay out the steps, PRM-score them. Returns (seq, step_ends,
+    step_mask, token_mask, scores, t0, t1) with t0/t1 the clock before and after generation."""
     t0 = clock()
-    seq = rollout(policy, sz["prompts"], sz["generations"], sz, policy.config.vocab_size, device)
+    seq = rollout(policy, prompts, generations, sz, policy.config.vocab_size, device)
     t1 = clock()
     ends, step_ends, step_mask, token_mask = step_layout(len(seq), sz, device)
-    scores = prm_step_scores(prm, seq, p_len + ends, mb)
+    scores = prm_step_scores(prm, seq, sz["prompt_tokens"] + ends, sz["micro_batch"])
+    return seq, step_ends, step_mask, token_mask, scores, t0, t1
+
+
+def grpo_step(policy, prm, opt, sz: dict, device: torch.device, rate: float) -> dict[str, float]:
+    clock, p_len, mb = Clock(device), sz["prompt_tokens"], sz["micro_batch"]
+    seq, step_ends, step_mask, token_mask, scores, t0, t1 = rollout_and_scores(
+        policy, prm, sz["prompts"], sz["generations"], sz, device, clock)
     adv = credit.process_grpo(scores, step_mask, step_ends, token_mask, group_size=sz["generations"])
     t2 = clock()
     for i in range(0, len(seq), mb):
@@ -169,11 +177,8 @@ def grpo_step(policy, prm, opt, sz: dict, device: torch.device, rate: float) -> 
 def ppo_step(policy, ref, critic, prm, opts, sz: dict, device: torch.device, rate: float,
              kl_coef: float = 0.05) -> dict[str, float]:
     clock, p_len, mb = Clock(device), sz["prompt_tokens"], sz["micro_batch"]
-    t0 = clock()
-    seq = rollout(policy, sz["ppo_prompts"], sz["ppo_generations"], sz, policy.config.vocab_size, device)
-    t1 = clock()
-    ends, step_ends, step_mask, token_mask = step_layout(len(seq), sz, device)
-    scores = prm_step_scores(prm, seq, p_len + ends, mb)
+    seq, step_ends, step_mask, token_mask, scores, t0, t1 = rollout_and_scores(
+        policy, prm, sz["ppo_prompts"], sz["ppo_generations"], sz, device, clock)
     with torch.no_grad():
         old, ref_lp, values = [], [], []
         for i in range(0, len(seq), mb):
