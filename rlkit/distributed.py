@@ -116,7 +116,8 @@ def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None 
     """Start ``recipe.num_processes`` workers on ``run_dir`` (which holds ``recipe.yaml`` and
     ``deepspeed.json``, see :func:`write_run_files`) through ``accelerate launch`` and wait for them.
 
-    Raises RuntimeError when a worker fails (their errors are on this process's stderr). Used by
+    Raises RuntimeError when a worker fails (their errors are on this process's stderr), or with the one-line
+    reason when the workers stopped cleanly after a signal (rank 0 leaves it in FAILED.txt). Used by
     :func:`train` and by runs with a distributed sub-run (the PRM pipeline's training stage)."""
     env = dict(os.environ)
     if not cuda_available():
@@ -128,6 +129,13 @@ def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None 
     if code != 0:
         raise RuntimeError(f"distributed run failed with exit code {code} (the workers' errors are "
                            f"printed above); run folder {run_dir}")
+    failed = Path(run_dir) / "FAILED.txt"
+    text = failed.read_text().strip() if failed.is_file() else ""
+    if text.startswith(STOPPED_PREFIX):  # the workers stopped cleanly (a signal): rank 0 wrote why
+        raise RuntimeError(text[len(STOPPED_PREFIX):])
+
+
+STOPPED_PREFIX = "TrainingStopped: "  # FAILED.txt of workers that stopped cleanly (rlkit.checkpoints.TrainingStopped)
 
 
 def wait_passing_signals(launcher: subprocess.Popen) -> int:

@@ -28,6 +28,7 @@ from rlkit.checkpoints import RESUME_FILE, TrainingStopped, newest_complete_chec
 from rlkit.config import load_recipe, recipe_from_dict
 from rlkit.distributed import (
     RECIPE_FILE,
+    STOPPED_PREFIX,
     MachineLaunch,
     cuda_available,
     is_main_process,
@@ -83,9 +84,6 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
     except RuntimeError as e:
         mark_failed(run_dir, str(e))
         raise
-    stopped = stopped_reason(run_dir)
-    if stopped is not None:  # the workers stopped cleanly (a signal): FAILED.txt says why
-        raise TrainingStopped(stopped)
     return run_dir
 
 
@@ -147,16 +145,6 @@ def mark_failed(run_dir: Path, message: str) -> None:
     """Leave ``FAILED.txt`` in a run folder whose run did not finish, so its partial contents (checkpoints,
     logs) are never mistaken for a finished run's."""
     (Path(run_dir) / "FAILED.txt").write_text(message.strip() + "\n")
-
-
-STOPPED_PREFIX = f"{TrainingStopped.__name__}: "
-
-
-def stopped_reason(run_dir: Path) -> str | None:
-    """Why a run's workers stopped early on purpose (their FAILED.txt), or None."""
-    failed = Path(run_dir) / "FAILED.txt"
-    text = failed.read_text().strip() if failed.is_file() else ""
-    return text[len(STOPPED_PREFIX):] if text.startswith(STOPPED_PREFIX) else None
 
 
 def run_worker(run_dir: Path, trainer_cls: type | None = None) -> None:
