@@ -4,23 +4,13 @@ measured step, generation and forward+backward are really timed, the matmul ceil
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_step.py"
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("grpo_step_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_tiny_grpo_step_parts_add_up(tmp_path: Path) -> None:
-    bench = _load_bench()
+def test_tiny_grpo_step_parts_add_up(load_benchmark, tmp_path: Path) -> None:
+    bench = load_benchmark("grpo_step")
     out = tmp_path / "step.json"
     rep = bench.run(["--tiny", "--steps", "2", "--json", str(out)])
 

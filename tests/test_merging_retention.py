@@ -3,23 +3,11 @@ draws the same problems every time, and the SFT-data loss equals transformers' o
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from rlkit import testing
 from rlkit.data import ARITHMETIC_FAMILIES, arithmetic_problems, load_prompts, worked_solution
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "merging_retention.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("merging_retention_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_every_generated_problem_names_its_family_and_the_families_differ_in_their_steps():
@@ -33,8 +21,8 @@ def test_every_generated_problem_names_its_family_and_the_families_differ_in_the
         assert ("dollars" in r["question"]) == (r["family"] == "cost")
 
 
-def test_family_split_holds_one_family_out_and_is_reproducible():
-    bench = _load_bench()
+def test_family_split_holds_one_family_out_and_is_reproducible(load_benchmark):
+    bench = load_benchmark("merging_retention")
     rewarded, held = bench.family_split(20, 10_000, "share")
     assert len(rewarded) == len(held) == 20
     assert {r["family"] for r in held} == {"share"} and "share" not in {r["family"] for r in rewarded}
@@ -43,8 +31,8 @@ def test_family_split_holds_one_family_out_and_is_reproducible():
         bench.family_split(5, 0, "nope")
 
 
-def test_completion_loss_equals_transformers_loss_with_the_prompt_masked(tmp_path):
-    bench = _load_bench()
+def test_completion_loss_equals_transformers_loss_with_the_prompt_masked(load_benchmark, tmp_path):
+    bench = load_benchmark("merging_retention")
     tok = testing.tiny_tokenizer()
     model = testing.tiny_causal_lm(tok).eval()
     path = bench.write_jsonl(arithmetic_problems(3, seed=1), tmp_path / "rows.jsonl")
