@@ -169,3 +169,20 @@ class OnlineTrainable(Protocol):
     def save_online(self, folder: str | Path, with_optimizer: bool = True) -> None: ...
 
     def load_online(self, folder: str | Path) -> None: ...
+
+
+@runtime_checkable
+class EngineTrainable(OnlineTrainable, Protocol):
+    """An :class:`OnlineTrainable` reward a distributed trainer can shard: under DeepSpeed the trainer builds an
+    engine of its own over :meth:`trainable_module` and :meth:`trainable_optimizer` with the policy's ZeRO stage
+    and hands it over with :meth:`attach_engine`; from then on every rank joins each update, save and load (and,
+    under ZeRO-3, each scoring call). :meth:`one_rank_copy` loads a saved copy for scoring on one rank alone.
+    A reward without these methods stays a replica on every rank, its gradients averaged."""
+
+    def trainable_module(self) -> Any: ...
+
+    def trainable_optimizer(self) -> Any: ...
+
+    def attach_engine(self, engine: Any) -> None: ...
+
+    def one_rank_copy(self, folder: str | Path) -> Any: ...

@@ -113,7 +113,8 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_token_id: int,
 def batched_forward(model: torch.nn.Module, sequences: Sequence[Sequence[int]], reduce: Reducer, *,
                     pad_token_id: int, device: torch.device | str | None = None, token_budget: int | None = None,
                     max_batch_size: int | None = None,
-                    positions: Sequence[Sequence[int]] | None = None) -> list[Any]:
+                    positions: Sequence[Sequence[int]] | None = None,
+                    rounds: Callable[[int], int] | None = None) -> list[Any]:
     """Run ``model`` on every sequence in length-sorted, right-padded batches; ``reduce`` each batch's logits.
 
     Args:
@@ -129,6 +130,10 @@ def batched_forward(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
         max_batch_size: optional cap on rows per batch.
         positions: optional token positions per sequence, given to the reducer as ``batch.select``
             (positions outside a sequence are ignored).
+        rounds: for a model sharded across processes (DeepSpeed ZeRO-3 gathers each layer's weights from every
+            rank during a forward, so all ranks must run equally many forwards): called with this rank's number
+            of batches, returns how many forwards to run (e.g. the maximum over ranks); the extra forwards run
+            on one padding token and are discarded.
 
     Returns:
         The per-sequence results in the order of ``sequences``.
@@ -145,9 +150,15 @@ def batched_forward(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
     todo = [i for i, s in enumerate(sequences) if len(s)]
     was_training = model.training
     model.eval()
+    batches = plan_batches([len(sequences[i]) for i in todo], token_budget, max_batch_size)
+    extra = (rounds(len(batches)) - len(batches)) if rounds is not None else 0
+    # a sharded model's hooks write gathered weights into its parameters: no inference tensors there
+    grad_off = torch.no_grad() if rounds is not None else torch.inference_mode()
     try:
-        with torch.inference_mode():
-            for batch in plan_batches([len(sequences[i]) for i in todo], token_budget, max_batch_size):
+        with grad_off:
+            for _ in range(extra):
+                model(input_ids=torch.full((1, 1), pad_token_id, device=device))
+            for batch in batches:
                 idx = [todo[b] for b in batch]
                 ids, mask = pad_sequences([sequences[i] for i in idx], pad_token_id, "right")
                 ids, mask = ids.to(device), mask.to(device)

@@ -182,6 +182,26 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def online_reward_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, policy_config: dict[str, Any],
+                         bf16: bool = False) -> Any:
+    """A DeepSpeed engine of its own for an online-trained reward model (``reward.base.EngineTrainable``),
+    with the policy's ZeRO stage and precision: ZeRO-2 partitions its optimizer state and gradients over the
+    ranks, ZeRO-3 its weights too. One micro-batch per step, no gradient accumulation, no clipping and no
+    scheduler (the reward's own update rule is a plain optimizer step). ``policy_config`` is the policy's
+    DeepSpeed config as the Trainer resolved it; its "auto" leftovers are dropped."""
+    import deepspeed  # here: only distributed runs need it, and importing it is slow
+
+    zero = {k: v for k, v in policy_config.get("zero_optimization", {}).items() if v != "auto"}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+        "train_batch_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "gradient_clipping": 0.0, "zero_optimization": zero, "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2 ** 31 - 1, "bf16": {"enabled": bool(bf16)},
+    }
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config, dist_init_required=False)
+    return engine
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average the ``.grad`` of ``params`` over every rank in place (one all-reduce of the flattened gradients;
     a missing gradient counts as zero). Nothing happens without a process group or on one rank. Every rank must

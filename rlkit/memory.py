@@ -28,7 +28,10 @@ w = bytes of a stored weight. Every number is bytes per GPU.
 **Frozen models**: the KL reference (GRPO ``beta`` > 0, PPO ``kl_coef`` > 0; none with LoRA, whose reference is
 the adapter-disabled policy): wP/N under ZeRO-3 (sharded), wP otherwise. Reward models (every ``model`` /
 ``ref_model`` path in ``reward.args``, nested through ``components`` / ``reward_model`` / ``verifier``; built
-outside ZeRO, one replica per GPU): P x their ``dtype`` argument ("auto": bf16 on a GPU).
+outside ZeRO, one replica per GPU): P x their ``dtype`` argument ("auto": bf16 on a GPU). A reward that learns
+online (``algorithm.reward_update``, the implicit PRM's ``model``) is a trained model instead: under ZeRO its own
+engine with the policy's stage and precision, as the rows above without a second gathered layer; without
+DeepSpeed its weights in their dtype w' plus grads and torch AdamW moments 3w'P.
 
 **vLLM colocate**: ``generation.vllm_gpu_memory_utilization`` x the GPU's memory (vLLM's own budget for its copy
 of the policy, activations and KV cache); in bytes only with ``--gpu-memory``. Server mode uses other GPUs.
@@ -327,14 +330,25 @@ def plan_memory(recipe: Recipe, gpu_memory: int | None = None, gpu_memory_text: 
                                              lora=False)
             comps.append(Component("critic", critic.params, wts, states, f"{critic_name} as a 1-output token "
                                                                          f"classifier; {how}"))
+    online_row = f"reward {recipe.reward.name}" if recipe.algorithm.reward_update != "none" else None
     for row, path, kind, dtype in _reward_models(recipe.reward.name, dict(recipe.reward.args)):
         shape = model_shape(path, kind, params=params.get(path))
         if shape.params is None:
             comps.append(unknown(row, shape))
             continue
         nbytes = DTYPE_BYTES.get(str(dtype), 2 if dtype == "auto" else DTYPE_BYTES.get(shape.config_dtype or "", 4))
-        comps.append(Component(row, shape.params, nbytes * shape.params, 0,
-                               f"{path}, {shape.source}; {nbytes} B x {_count(shape.params)}, one replica per GPU"))
+        if row == online_row and stage:
+            wts, states, how = setup.trained(dataclasses.replace(shape, trainable=shape.params), gather=False,
+                                             lora=False)
+            comps.append(Component(row, shape.params, wts, states, f"{path}, {shape.source}; learns online in its "
+                                                                   f"own ZeRO-{stage} engine: {how}"))
+        elif row == online_row:
+            comps.append(Component(row, shape.params, nbytes * shape.params, 3 * nbytes * shape.params,
+                                   f"{path}, {shape.source}; learns online: {nbytes} B x {_count(shape.params)} "
+                                   f"weights, grads + AdamW moments {3 * nbytes} B per parameter"))
+        else:
+            comps.append(Component(row, shape.params, nbytes * shape.params, 0,
+                                   f"{path}, {shape.source}; {nbytes} B x {_count(shape.params)}, one replica per GPU"))
     a = 2 if bf16 else 4
     act = _activations(policy, t, a, logits=True)
     if act is not None and critic is not None:

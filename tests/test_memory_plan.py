@@ -136,6 +136,21 @@ def test_prm_reward_is_replicated_in_its_dtype(folders):
     assert r["reward implicit-prm"].weights == r["reward implicit-prm ref"].weights == 2 * P   # "auto": bf16
 
 
+def test_an_online_implicit_prm_is_trained_in_its_own_zero_engine(folders):
+    reward = {"name": "implicit-prm", "args": {"model": str(folders / "policy"), "dtype": "float32"}}
+    online = {"name": "grpo", "reward_update": "after_scoring"}
+    r = rows(plan(folders, reward=reward, algorithm=online, distribution="zero2", num_processes=4,
+                  training={"bf16": True}))
+    assert (r["reward implicit-prm"].weights, r["reward implicit-prm"].states) == (2 * P, 18 * P // 4)
+    assert (r["reward implicit-prm ref"].weights, r["reward implicit-prm ref"].states) == (4 * P, 0)  # frozen
+    r = rows(plan(folders, reward=reward, algorithm=online, distribution="zero3", num_processes=4))
+    assert (r["reward implicit-prm"].weights, r["reward implicit-prm"].states) == (4 * P // 4, 16 * P // 4)
+    r = rows(plan(folders, reward=reward, algorithm=online))                 # no DeepSpeed: plain torch AdamW
+    assert (r["reward implicit-prm"].weights, r["reward implicit-prm"].states) == (4 * P, 12 * P)
+    r = rows(plan(folders, reward=reward, distribution="zero2", num_processes=4))   # fixed: a frozen replica
+    assert (r["reward implicit-prm"].weights, r["reward implicit-prm"].states) == (4 * P, 0)
+
+
 def test_activations_and_vllm_share(folders):
     t = {"per_device_train_batch_size": 2, "max_completion_length": 32, "gradient_checkpointing": True, "bf16": True}
     s = 32 + PROMPT_TOKENS

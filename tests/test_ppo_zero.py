@@ -4,7 +4,8 @@ Policy and critic live in one DeepSpeed engine (the critic is the policy's ``rlk
 the runs finish, ZeRO-2 and ZeRO-3 give the same losses, the saved policy is a full plain HF folder (no
 placeholder shapes, no critic keys) with the critic beside it, the checkpoint is a DeepSpeed one, evaluation on
 rank 0 alone does not hang under ZeRO-3, and resuming a ZeRO-3 checkpoint reproduces the next steps' losses.
-The runs' reward is an implicit PRM learning online (``algorithm.reward_update``): it trains, is saved with the
+The runs' reward is an implicit PRM learning online (``algorithm.reward_update``) through a DeepSpeed engine of
+its own: it trains, its optimizer state is sharded over the two ranks (half each), it is saved with the
 checkpoints and the policy, agrees between ZeRO-2 and ZeRO-3, and resumes with the run.
 DeepSpeed compiles its shm_comm_op extension on first use (~40 s, cached in TORCH_EXTENSIONS_DIR).
 """
@@ -41,9 +42,7 @@ def _by_step(hist, key="loss"):
 
 
 def _online_prm(tiny_dirs) -> list[str]:
-    """An implicit PRM that learns from every rollout's verifier labels (replicated on both ranks, gradients
-    averaged): a rank whose copy drifted from rank 0's would break the resume test below, which restores
-    rank 0's saved copy on both ranks."""
+    """An implicit PRM that learns from every rollout's verifier labels, in its own ZeRO engine."""
     return [f"reward={{name: implicit-prm, args: {{model: {tiny_dirs['policy']}, beta: 0.5, lr: 0.05, "
             f"optimizer: sgd}}}}", "algorithm.reward_update=after_scoring"]
 
@@ -76,7 +75,13 @@ def test_zero_run_trains_and_saves_policy_and_critic(zero_runs, tiny_dirs, stage
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert list(ckpt.glob("global_step*/*optim_states.pt")), "not a DeepSpeed checkpoint"
     assert (ckpt / "critic" / "model.safetensors").is_file()
-    assert (ckpt / "online_reward" / "online_state.pt").is_file()
+    shards = sorted((ckpt / "online_reward" / "engine").glob("zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2, shards  # the implicit PRM's optimizer state: one shard per rank
+    n_prm = sum(t.numel() for t in start.values())
+    for shard in shards:
+        state = torch.load(shard, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        flat = state["single_partition_of_fp32_groups" if stage == 2 else "fp32_flat_groups"]
+        assert sum(t.numel() for t in flat) == pytest.approx(n_prm / 2, abs=64)  # half of pi_phi on each rank
     prm = load_file(str(run / "policy" / "online_reward" / "model.safetensors"))
     assert max(float((prm[k] - start[k]).abs().max()) for k in start) > 1e-4  # the implicit PRM learned
     assert sorted(_by_step(hist, "online_reward/loss")) == [1, 3]  # one update per rollout (2 PPO epochs each)

@@ -72,3 +72,21 @@ def test_positions_select(prm_model):
     got = batched_forward(prm_model, [[5, 6, 7], [8, 9]], lambda b: b.select.sum(1).tolist(), pad_token_id=0,
                           positions=[[0, 2, 7], [1]])
     assert got == [2, 1]  # out-of-range position 7 is ignored
+
+
+def test_rounds_pads_this_ranks_forwards_to_the_agreed_count(prm_model):
+    # a ZeRO-3-sharded model needs every rank to run equally many forwards: `rounds` (e.g. the max over ranks)
+    # adds forwards on one padding token whose results are dropped
+    calls = []
+    hook = prm_model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                               with_kwargs=True)
+    seqs = [[5, 6, 7], [8, 9], [10]]
+    try:
+        plain = batched_forward(prm_model, seqs, lambda b: b.logits[:, 0].tolist(), pad_token_id=0, max_batch_size=1)
+        n_plain = len(calls)
+        agreed = batched_forward(prm_model, seqs, lambda b: b.logits[:, 0].tolist(), pad_token_id=0,
+                                 max_batch_size=1, rounds=lambda n: n + 2)
+    finally:
+        hook.remove()
+    assert n_plain == 3 and len(calls) == 3 + 5 and calls[3:5] == [(1, 1), (1, 1)]
+    assert agreed == plain

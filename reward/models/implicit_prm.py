@@ -11,7 +11,9 @@ raw log-ratios, not probabilities (``probabilistic = False``).
 
 Training needs no step labels: :func:`outcome_loss` is the binary cross-entropy of ``sigmoid(sum_t r_t)``
 against the response's 0/1 outcome, and :meth:`ImplicitPRM.update` takes one optimizer step on it (for
-online use beside an RL run).
+online use beside an RL run). Under DeepSpeed the RL trainer hands pi_phi and its optimizer to an engine of
+their own (:meth:`ImplicitPRM.attach_engine`), sharded like the policy: ZeRO-2 partitions the optimizer state
+and gradients, ZeRO-3 the weights too; pi_ref stays a frozen replica on every rank.
 
 Input layout: the chat template of [system?, user = prompt] with the generation prompt, then the response's
 own tokens (the response is tokenized alone, so its tokens are the ones the step alignment sees).
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from reward.base import RewardError, StepScores
@@ -43,6 +46,7 @@ from reward.steps import Step, StepSplitter, step_token_spans, token_char_ends
 
 OPTIMIZERS = ("adamw", "sgd")
 ONLINE_STATE_FILE = "online_state.pt"  # optimizer state and update count, beside the saved pi_phi
+ENGINE_TAG = "engine"  # with an engine attached: the DeepSpeed checkpoint (sharded optimizer state) of pi_phi
 
 
 def outcome_loss(response_rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -133,6 +137,8 @@ class ImplicitPRM(ResponseAwareReward):
         self.optimizer_name, self.lr = optimizer, float(lr)
         self.optimizer: torch.optim.Optimizer | None = None
         self.updates = 0  # optimizer steps taken by update()
+        self.engine: Any = None  # a DeepSpeed engine that owns pi_phi and its optimizer (attach_engine)
+        self._rounds: Callable[[int], int] | None = None  # ZeRO-3: forwards per scoring call agreed over ranks
 
     # ------------------------------------------------------------------------------------------ encoding
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -158,7 +164,7 @@ class ImplicitPRM(ResponseAwareReward):
         positions = [list(range(start, len(ids))) for ids, start, _ in encoded]
         kw = dict(pad_token_id=self.pad_token_id, device=self.device, token_budget=self.token_budget,
                   max_batch_size=self.max_batch_size, positions=positions)
-        phi = batched_forward(self.model, seqs, _log_prob_reducer, **kw)
+        phi = batched_forward(self.model, seqs, _log_prob_reducer, rounds=self._rounds, **kw)
         ref = batched_forward(self.ref_model, seqs, _log_prob_reducer, **kw)
         return [([a - b for a, b in zip(p or [], q or [])], resp) for p, q, (_, _, resp) in zip(phi, ref, encoded)]
 
@@ -186,7 +192,8 @@ class ImplicitPRM(ResponseAwareReward):
         response = torch.zeros_like(mask, dtype=torch.bool)
         for row, (seq, start, _) in enumerate(encoded):
             response[row, start:len(seq)] = True
-        phi = _token_log_probs(output_logits(self.model(input_ids=ids, attention_mask=mask)), ids)
+        pi_phi = self.engine if self.engine is not None else self.model  # an engine's forward prepares its backward
+        phi = _token_log_probs(output_logits(pi_phi(input_ids=ids, attention_mask=mask)), ids)
         with torch.no_grad():
             ref = _token_log_probs(output_logits(self.ref_model(input_ids=ids, attention_mask=mask)), ids)
         return self.beta * ((phi - ref) * response).sum(dim=1)
@@ -196,7 +203,8 @@ class ImplicitPRM(ResponseAwareReward):
         """One optimizer step on :func:`outcome_loss` for ``{"prompts", "responses", "labels" (0/1)}``.
 
         ``reduce_gradients(params)``, when given, runs between the backward pass and the step (an RL run with
-        several ranks averages the gradients there, so every rank's copy takes the same step).
+        several ranks averages the gradients there, so every rank's copy takes the same step). With an engine
+        attached, the engine's backward and step do it (gradients reduced and partitioned as ZeRO does).
         Returns ``{"loss", "reward_mean", "accuracy"}`` (accuracy: share of responses judged as their label says
         before the step, a reward >= 0 (sigmoid >= 0.5) meaning correct, as ``prm/verifier_agreement`` does).
         The model is in train mode during the step, as it was afterwards.
@@ -214,11 +222,15 @@ class ImplicitPRM(ResponseAwareReward):
             y = torch.tensor([float(v) for v in labels], device=self.device)
             rewards = self.response_rewards(prompts, responses)
             loss = outcome_loss(rewards.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if reduce_gradients is not None:
-                reduce_gradients([p for group in optimizer.param_groups for p in group["params"]])
-            optimizer.step()
+            if self.engine is not None:
+                self.engine.backward(loss)
+                self.engine.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if reduce_gradients is not None:
+                    reduce_gradients([p for group in optimizer.param_groups for p in group["params"]])
+                optimizer.step()
         finally:
             self.model.train(was_training)
         self.updates += 1
@@ -233,23 +245,66 @@ class ImplicitPRM(ResponseAwareReward):
             self.optimizer = cls(params, lr=self.lr)
         return self.optimizer
 
+    def trainable_module(self) -> torch.nn.Module:
+        """pi_phi, the module :meth:`update` trains (what a distributed trainer hands to an engine)."""
+        return self.model
+
+    def attach_engine(self, engine: Any) -> None:
+        """Train pi_phi through ``engine``, a DeepSpeed engine built over :meth:`trainable_module` and
+        :meth:`trainable_optimizer` (``rlkit.distributed.online_reward_engine``). Every rank then takes part in
+        each :meth:`update`, :meth:`save_online` and :meth:`load_online`; under ZeRO-3 in each scoring call too."""
+        if engine.module is not self.model:
+            raise RewardError("implicit-prm: the engine must wrap this reward's pi_phi (trainable_module())")
+        self.engine, self.optimizer = engine, engine.optimizer
+        if engine.zero_optimization_partition_weights():
+            self._rounds = lambda n: _max_over_ranks(n, self.device)
+
+    def one_rank_copy(self, folder: str | Path) -> ImplicitPRM:
+        """A plain copy whose pi_phi is loaded from a :meth:`save_online` folder, for scoring on one rank
+        alone while pi_phi itself is sharded (the copy shares pi_ref and the tokenizer and cannot train)."""
+        twin = copy.copy(self)
+        twin.model, _ = load_model(str(folder), "causal-lm", tokenizer=self.tokenizer, device=self.device, dtype=None)
+        twin.engine, twin.optimizer, twin._rounds = None, None, None
+        return twin
+
     # ------------------------------------------------------------------------------------------ online state
     def save_online(self, folder: str | Path, with_optimizer: bool = True) -> None:
         """pi_phi as a loadable HF folder (weights, config, tokenizer: a later recipe's ``model:``), plus, with
-        ``with_optimizer``, the optimizer state and update count a resumed run continues from."""
+        ``with_optimizer``, the optimizer state and update count a resumed run continues from.
+
+        In a multi-process run every rank calls it and rank 0 writes the folder; with an engine attached the
+        optimizer state is the engine's checkpoint (``engine/``, one shard per rank under ZeRO)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
-        if with_optimizer:
+        writer = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        state_dict = None
+        if self.engine is not None and self.engine.zero_optimization_partition_weights():
+            state_dict = self.engine._zero3_consolidated_16bit_state_dict()  # every rank gathers; rank 0 keeps it
+        if writer:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(str(folder), state_dict=state_dict)
+            self.tokenizer.save_pretrained(str(folder))
+        if not with_optimizer:
+            return
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(folder), tag=ENGINE_TAG, client_state={"updates": self.updates},
+                                        save_latest=False)
+        elif writer:
             state = {"updates": self.updates,
                      "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
             torch.save(state, folder / ONLINE_STATE_FILE)
 
     def load_online(self, folder: str | Path) -> None:
         """Restore what :meth:`save_online` wrote: pi_phi's weights and, when saved, optimizer and update count
-        (pi_ref stays as built: it is frozen)."""
+        (pi_ref stays as built: it is frozen). With an engine attached, every rank loads its shard of the
+        engine's checkpoint (weights and optimizer together)."""
         folder = Path(folder)
+        if self.engine is not None:
+            if not (folder / ENGINE_TAG).is_dir():
+                raise RewardError(f"{folder}: no {ENGINE_TAG}/ checkpoint of the sharded implicit-prm (saved by a "
+                                  f"run without DeepSpeed, or by save_online(with_optimizer=False))")
+            _, client = self.engine.load_checkpoint(str(folder), tag=ENGINE_TAG, load_lr_scheduler_states=False)
+            self.updates = int((client or {}).get("updates", 0))
+            return
         if not (folder / "config.json").is_file():
             raise RewardError(f"{folder}: no saved implicit-prm model (config.json missing)")
         saved, _ = load_model(str(folder), "causal-lm", tokenizer=self.tokenizer, device=self.device, dtype=None)
@@ -260,6 +315,13 @@ class ImplicitPRM(ResponseAwareReward):
             self.updates = int(state["updates"])
             if state["optimizer"] is not None:
                 self.trainable_optimizer().load_state_dict(state["optimizer"])
+
+
+def _max_over_ranks(n: int, device: torch.device) -> int:
+    """The largest ``n`` any rank holds (one all-reduce)."""
+    t = torch.tensor([n], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def _token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

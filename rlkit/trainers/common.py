@@ -93,9 +93,12 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
 
 
 def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
-    """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
+    """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`); a step reward that
+    is sharded over the ranks is replaced by its copy saved with the policy."""
+    pick = getattr(trainer, "reward_for_one_rank", None)
+    step_reward = pick(model_path) if pick is not None else trainer.step_reward
     with single_rank_hf():
-        return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, trainer.step_reward,
+        return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, step_reward,
                                       max_new_tokens=eval_max_new_tokens(trainer), label=label)
 
 

@@ -23,12 +23,12 @@ from typing import Any, Sequence
 
 import torch
 
-from reward.base import OnlineTrainable, StepRewardModel, StepScores, aggregate
+from reward.base import EngineTrainable, OnlineTrainable, StepRewardModel, StepScores, aggregate
 from reward.models.verifier import is_correct
 from reward.steps import locate_text, step_token_spans
 from rlkit import credit as credit_lib
 from rlkit.checkpoints import CheckpointError
-from rlkit.distributed import average_gradients, is_main_process, single_rank_hf
+from rlkit.distributed import average_gradients, online_reward_engine, single_rank_hf
 from rlkit.recipe import REWARD_UPDATES
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,12 @@ class StepScoringMixin:
         optimizer_cfg: the recipe's optimizer block (``rlkit.optim.RecipeOptimizerMixin``).
         reward_update: "none" | "before_scoring" | "after_scoring": a ``reward.base.OnlineTrainable`` reward
             (e.g. ``implicit-prm``) takes one step per training rollout on that rollout's verifier labels,
-            before or after it scores the rollout; gradients are averaged over ranks. Its trainable model is
-            saved as ``online_reward/`` in every checkpoint (with its optimizer) and in ``policy/``, and a
-            resumed run restores it. Logged as ``online_reward/loss|accuracy|reward_mean``.
+            before or after it scores the rollout. Under DeepSpeed an ``EngineTrainable`` reward (implicit-prm)
+            trains through a DeepSpeed engine of its own with the policy's ZeRO stage (optimizer state and
+            gradients sharded; under ZeRO-3 its weights too), built at the first training rollout; any other
+            online reward stays a replica on every rank, its gradients averaged. Its trainable model is saved
+            as ``online_reward/`` in every checkpoint (with its optimizer) and in ``policy/``, and a resumed
+            run restores it. Logged as ``online_reward/loss|accuracy|reward_mean``.
     """
 
     def __init__(self, *, step_reward: StepRewardModel, aggregation: str = "min", outcome_reward: str = "none",
@@ -108,6 +111,7 @@ class StepScoringMixin:
         self.outcome_weight = outcome_weight
         self.steps_growth_warning = steps_growth_warning
         self.rlkit_optimizer_cfg = optimizer_cfg
+        self._reward_engine: Any = None
         self._pending: list[ScoredCompletion] | None = None
         self._first_steps_per_response: float | None = None
         self._warned_growth = False
@@ -139,6 +143,8 @@ class StepScoringMixin:
         # the verifier runs whenever a reference exists: outcome shaping, the accuracy monitor, online labels
         verified = [None if ref is None else float(is_correct(text, ref)) for text, ref in zip(texts, refs)]
         learn = self.reward_update != "none" and self.model.training
+        if learn:
+            self.shard_online_reward()
         if learn and self.reward_update == "before_scoring":
             self.update_reward(questions, texts, verified)
         scored = self.score_completions(questions, texts, None if answer is None else refs)
@@ -155,9 +161,31 @@ class StepScoringMixin:
         self._pending = items
         return [aggregate(it.scores, self.aggregation) for it in items]
 
+    def shard_online_reward(self) -> None:
+        """Under DeepSpeed, hand an ``EngineTrainable`` online reward to a DeepSpeed engine of its own with the
+        policy's ZeRO stage (once; every rank calls it at the same point: the first training rollout, or the
+        resume before it). Nothing happens without DeepSpeed or for a reward that cannot be sharded."""
+        if (self._reward_engine is not None or self.reward_update == "none" or not self.is_deepspeed_enabled
+                or not isinstance(self.step_reward, EngineTrainable)):
+            return
+        rm = self.step_reward
+        self._reward_engine = online_reward_engine(rm.trainable_module(), rm.trainable_optimizer(),
+                                                   self.args.hf_deepspeed_config.config, bf16=self.args.bf16)
+        rm.attach_engine(self._reward_engine)
+
+    def reward_for_one_rank(self, model_dir: str | Path) -> StepRewardModel:
+        """The step reward for an evaluation that runs on one rank alone: the reward itself, or, when it is
+        sharded under ZeRO-3, a copy loaded from ``model_dir/online_reward`` (the saved policy's folder)."""
+        engine = self._reward_engine
+        if engine is None or not engine.zero_optimization_partition_weights():
+            return self.step_reward
+        with single_rank_hf():
+            return self.step_reward.one_rank_copy(Path(model_dir) / ONLINE_REWARD_DIR)
+
     def update_reward(self, questions: list[str], completions: list[str], verified: list[float | None]) -> None:
         """Hook: one online step of the reward on this rank's rollout, labelled by the verifier (every rank
-        calls it once per rollout; :func:`rlkit.distributed.average_gradients` keeps the replicas equal)."""
+        calls it once per rollout; the reward's engine, or :func:`rlkit.distributed.average_gradients` for a
+        replica, keeps the ranks' copies equal)."""
         if any(v is None for v in verified):
             raise ValueError("reward_update needs the verifier's labels: the training data has no reference "
                              "answers (data.answer_field)")
@@ -171,7 +199,7 @@ class StepScoringMixin:
         """The policy as the Trainer saves it, plus an online-trained reward's model in ``online_reward/``
         (with its optimizer state inside checkpoints)."""
         super().save_model(output_dir, _internal_call)
-        if self.reward_update != "none" and is_main_process():
+        if self.reward_update != "none":  # every rank: rank 0 writes the folder, a sharded reward's ranks their shards
             folder = Path(output_dir or self.args.output_dir) / ONLINE_REWARD_DIR
             self.step_reward.save_online(folder, with_optimizer=_internal_call)
 
@@ -182,6 +210,7 @@ class StepScoringMixin:
             if not folder.is_dir():
                 raise CheckpointError(f"{folder}: missing (the run's reward learns online, reward_update: "
                                       f"{self.reward_update}, but this checkpoint holds no reward state)")
+            self.shard_online_reward()
             with single_rank_hf():  # a plain replica: no ZeRO-3 partitioning while its weights load
                 self.step_reward.load_online(folder)
 
