@@ -48,19 +48,29 @@ def test_quickstart_recipe_in_process_writes_run_folder(tiny_dirs, tmp_path):
 
 @pytest.mark.slow
 def test_zero2_and_zero3_match(tiny_dirs, tmp_path):
-    results = {}
+    # the reward is an implicit PRM that learns before it scores each rollout, in its own ZeRO engine (PPO's
+    # ZeRO test covers after_scoring and the resume)
+    online = [f"reward={{name: implicit-prm, args: {{model: {tiny_dirs['policy']}, beta: 0.5, lr: 0.05, "
+              "optimizer: sgd}}", "algorithm.reward_update=before_scoring"]
+    results, prm_losses = {}, {}
     for stage in ("zero2", "zero3"):
         out = tmp_path / stage
         # with held-out evaluation on: it runs on rank 0 alone and must not join ZeRO-3's collectives
-        res = run_recipe(tiny_dirs["policy"], out, f"distribution={stage}", "data.num_eval=2")
+        res = run_recipe(tiny_dirs["policy"], out, f"distribution={stage}", "data.num_eval=2", *online)
         assert res.returncode == 0, res.stderr[-3000:]
         run = _only_run(out)
         assert json.loads((run / "deepspeed.json").read_text())["zero_optimization"]["stage"] == int(stage[-1])
         assert (run / "policy" / "model.safetensors").is_file()
+        assert (run / "policy" / "online_reward" / "model.safetensors").is_file()
         results[stage] = _losses(run)
-    assert len(results["zero2"]) == 2
+        hist = json.loads((run / "metrics.json").read_text())
+        prm_losses[stage] = [h["online_reward/loss"] for h in hist if "online_reward/loss" in h]
+    assert len(results["zero2"]) == 2 and len(prm_losses["zero2"]) == 2
+    assert prm_losses["zero2"][0] == pytest.approx(math.log(2), abs=1e-6)  # pi_phi = pi_ref before the first step
+    assert prm_losses["zero2"][1] != pytest.approx(math.log(2), abs=1e-4)   # ... and it learned
     assert all(math.isfinite(x) for x in results["zero2"] + results["zero3"])
     assert results["zero2"] == pytest.approx(results["zero3"], abs=1e-6)
+    assert prm_losses["zero2"] == pytest.approx(prm_losses["zero3"], abs=1e-5)
 
 
 @pytest.mark.slow
