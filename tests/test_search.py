@@ -93,10 +93,13 @@ LAST = SearchSettings(budget=4, beam_width=2, aggregation="last")
 def test_beam_search_finds_the_only_correct_path_that_best_of_n_misses():
     policy, prm = TreePolicy({"<q1>": TREE}), TablePRM(SCORES)
     (o,) = beam_search([P1], policy, prm, LAST)
-    # round 0 keeps A (.9), B (.8); round 1 keeps B2 (.9), A2 (.4) of A1 A2 B1 B2; round 2: 7 (.95) and 5 (.5)
+    # round 0 keeps A (.9), B (.8); round 1 keeps B2 (.9), A2 (.4) of A1 A2 B1 B2; round 2's four candidates
+    # all end: 7 (.95), 9 (.3) from B2, 5 (.5) twice from A2, and every one is a final solution
     assert [(b.text, b.scores, b.done) for b in ranked(o.finals)] == [
         ("B\n\nB2\n\nThe answer is 7.", [0.8, 0.9, 0.95], "eos"),
-        ("A\n\nA2\n\nThe answer is 5.", [0.9, 0.4, 0.5], "eos")]
+        ("A\n\nA2\n\nThe answer is 5.", [0.9, 0.4, 0.5], "eos"),
+        ("A\n\nA2\n\nThe answer is 5.", [0.9, 0.4, 0.5], "eos"),
+        ("B\n\nB2\n\nThe answer is 9.", [0.8, 0.9, 0.3], "eos")]
     # compute: 4 one-word steps (2 tokens each), 4 more, then 4 four-word answers (5 tokens each)
     assert (o.tokens, o.samples, o.samples_per_round) == (36, 12, [4, 4, 4]) == (policy.tokens["<q1>"], 12, [4, 4, 4])
     assert prm.references == [None, None, None]  # the PRM never sees the reference
@@ -124,16 +127,20 @@ def test_search_batches_problems_and_beams_and_accounts_per_problem():
     assert policy.calls == [(2, 4, SEP), (4, 2, SEP), (2, 2, SEP)]
     assert prm.batches == [8, 8, 4]
     assert (o1.tokens, o2.tokens) == (36, 4 * 2 + 4 * 5) == (policy.tokens["<q1>"], policy.tokens["<q2>"])
-    assert o2.samples_per_round == [4, 4] and [b.text for b in o2.finals] == ["X\n\nThe answer is 3."] * 2
-    for o in (o1, o2):  # never more than N samples per round, N/M = 2 final solutions
-        assert max(o.samples_per_round) <= 4 and len(o.finals) == 2
+    # q2: two kept beams x 2 samples, all four end with the answer, all four are final solutions
+    assert o2.samples_per_round == [4, 4] and [b.text for b in o2.finals] == ["X\n\nThe answer is 3."] * 4
+    for o in (o1, o2):  # never more than N samples per round
+        assert max(o.samples_per_round) <= 4 and len(o.finals) == 4
 
 
 def test_dvts_subtrees_are_distinct_and_find_what_beam_search_prunes():
     policy, prm = TreePolicy({"<q1>": TREE}), TablePRM(SCORES)
     (o,) = dvts([P1], policy, prm, LAST)
-    # subtree 0 starts from the best of samples [A, B], subtree 1 from the best of [C, D], each greedy after that
+    # subtree 0 starts from the best of samples [A, B], subtree 1 from the best of [C, D], each greedy after that;
+    # both samples of each subtree's last round end, so each subtree has two final solutions
     assert sorted((b.subtree, b.text) for b in o.finals) == [(0, "A\n\nA2\n\nThe answer is 5."),
+                                                            (0, "A\n\nA2\n\nThe answer is 5."),
+                                                            (1, "C\n\nC1\n\nThe answer is 3."),
                                                             (1, "C\n\nC1\n\nThe answer is 3.")]
     assert o.samples_per_round == [4, 4, 4] and o.tokens == policy.tokens["<q1>"] == 8 + 8 + 20
 
@@ -148,6 +155,25 @@ def test_dvts_subtrees_are_distinct_and_find_what_beam_search_prunes():
     d = dvts([P1], TreePolicy({"<q1>": tree}), TablePRM(scores), LAST)
     assert ranked(d[0].finals)[0].text == "C\n\nC1\n\nThe answer is 7."
     assert evaluate(d, [P1], "last")["accuracy"] == 1.0
+
+
+def test_a_solution_that_ends_is_never_pruned_by_open_ones_that_score_higher_so_far():
+    # the arithmetic checker scores the answer step the neutral 0.5 and each correct calculation 1.0; under min a
+    # partial solution's score only falls as it grows, so ranking "2 * 2 = 4 / The answer is 4." (0.5) against
+    # the open "2 * 2 = 4 / 4 + 4 = 8" (1.0) made beam search add calculations until the step cap
+    from reward.models.arithmetic import ArithmeticChecker
+
+    chain = ["2 * 2 = 4", "4 + 4 = 8", "8 * 2 = 16"]
+    tree = {tuple(chain[:k]): [chain[k], f"The answer is {chain[k - 1].split()[-1]}."] for k in range(1, 3)}
+    tree[()] = [chain[0]]
+    tree[tuple(chain)] = ["The answer is 16."]
+    problem = Problem(prompt="<q>", question="q", reference="4")
+    for search in (beam_search, dvts):
+        (o,) = search([problem], TreePolicy({"<q>": tree}), ArithmeticChecker(),
+                      SearchSettings(budget=2, beam_width=2, aggregation="min"))
+        assert [(b.text.split(SEP)[-1], b.score) for b in o.finals] == [
+            ("The answer is 4.", 0.5), ("The answer is 8.", 0.5), ("The answer is 16.", 0.5), ("The answer is 16.", 0.5)]
+        assert evaluate([o], [problem], "min")["accuracy"] == 1.0  # equal scores: the earliest final is chosen
 
 
 def test_weighted_majority_picks_the_heavier_answer_where_plain_majority_picks_the_other():

@@ -48,7 +48,10 @@ def test_search_cli_writes_the_report(tmp_path, tiny_dirs, capsys):
         mine = [x for x in sols if (x["method"], x["budget"]) == (method, n)]
         assert sum(x["tokens"] for x in mine) / 4 == pytest.approx(r["tokens_per_problem"])
         assert sum(x["correct"] for x in mine) / 4 == pytest.approx(r["accuracy"])
-        assert all(len(x["ends"]) == (n if method == "bon" else n // 2) for x in mine)
+        if method == "bon":
+            assert all(len(x["ends"]) == n for x in mine)
+        else:  # every solution that ended (at most the samples drawn), or the beams kept at the step cap
+            assert all(1 <= len(x["ends"]) <= x["samples"] for x in mine)
     page = (out / "index.html").read_text()
     assert "beam search, N = 4, seed 0" in page and "DVTS, N = 4" in page and "Best-of-N, N = 4" in page
     assert page.count("class='q'") == 3 * 2 and "<img src='accuracy.png'" in page

@@ -1,10 +1,11 @@
 """Step-level beam search guided by a PRM.
 
 With budget N and beam width M: sample N first steps, keep the N/M best partial solutions by their
-aggregated PRM score, sample M next steps from each kept beam (N candidates again), keep the best N/M among
-all of them, and so on until every kept beam has ended (see :mod:`reward.search.beams` for when a beam ends
-and how partial solutions are ranked). A beam that ends keeps its slot, so the search returns N/M final
-solutions per problem and samples fewer steps per round as beams finish.
+aggregated PRM score, sample M next steps from each kept beam (N candidates again), keep the best N/M open
+ones among all of them, and so on until no candidate is left open (see :mod:`reward.search.beams` for when a
+beam ends and how partial solutions are ranked). Every candidate that ends is a final solution, so the search
+returns as many as ended (at least one per problem) and samples N steps per round while N/M or more
+candidates are open, fewer when fewer are.
 
 Example:
     >>> outcomes = beam_search(problems, generator, build_reward("arithmetic"),
@@ -21,15 +22,15 @@ from reward.search.beams import Beam, SearchOutcome, SearchSettings, ranked, ste
 from reward.search.generator import Generator, Problem
 
 
-def keep_best(candidates: list[Beam], outcomes: list[SearchOutcome], n_beams: int) -> list[Beam]:
-    """Per problem, the best ``n_beams - (finished so far)`` candidates across all its beams."""
-    kept: list[Beam] = []
-    for i, o in enumerate(outcomes):
-        kept += ranked([c for c in candidates if c.problem == i])[: n_beams - len(o.finals)]
-    return kept
+def keep_best(candidates: list[Beam], n_beams: int) -> list[Beam]:
+    """Per problem, the best ``n_beams`` open candidates across all its beams."""
+    by_problem: dict[int, list[Beam]] = {}
+    for c in candidates:
+        by_problem.setdefault(c.problem, []).append(c)
+    return [b for group in by_problem.values() for b in ranked(group)[:n_beams]]
 
 
 def beam_search(problems: Sequence[Problem], generator: Generator, prm: StepRewardModel,
                 settings: SearchSettings) -> list[SearchOutcome]:
-    """N/M final solutions per problem (``SearchOutcome.finals``) and the tokens spent on each problem."""
+    """The final solutions of every problem (``SearchOutcome.finals``) and the tokens spent on each."""
     return step_search(problems, generator, prm, settings, keep_best)

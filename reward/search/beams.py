@@ -11,6 +11,13 @@ A partial solution is ranked by ``aggregation`` of its step scores (``min`` by d
 its weakest step; ``last``, ``product``, ``mean`` as in ``reward.base.aggregate``); one with no step scores
 0. The PRM sees the problem's question and the steps so far, never the reference answer.
 
+A candidate that ends becomes a final solution of its problem at once; only the open candidates compete
+for the beams that go on. Ranking an ended solution against open ones would be unfair: under ``min`` (and
+``product``) a partial solution's score is an upper bound of any solution that continues it, so such a
+ranking favours never finishing (seen with the ``arithmetic`` checker, whose answer step scores the neutral
+0.5 while one more correct calculation scores 1.0: beam search kept adding calculations to the step cap). So
+a search returns every solution that ended, plus the kept beams still open at the step cap.
+
 A beam ends (``Beam.done``) when its continuation hit EOS (``eos``), its new step states the final answer
 (``answer``: \\boxed{}, ``####`` or "the answer is", with ``stop_at_answer``), its path reached ``max_tokens``
 (``length``), or it is still open after ``max_steps`` rounds (``step_cap``). A continuation that reaches
@@ -109,8 +116,8 @@ class SearchOutcome:
         self.samples += len(conts)
 
 
-#: keeps the beams that go on from one round's scored candidates: (candidates, outcomes, n_beams) -> kept
-Selection = Callable[[list[Beam], list[SearchOutcome], int], list[Beam]]
+#: keeps the beams that go on from one round's scored open candidates: (candidates, n_beams) -> kept
+Selection = Callable[[list[Beam], int], list[Beam]]
 
 
 def step_separator(prm: StepRewardModel) -> str:
@@ -172,8 +179,9 @@ def grow(parent: Beam, cont: Continuation, sep: str, settings: SearchSettings, s
 
 def step_search(problems: Sequence[Problem], generator: Generator, prm: StepRewardModel, settings: SearchSettings,
                 select: Selection) -> list[SearchOutcome]:
-    """Run rounds until no beam is open; ``select`` decides which scored candidates go on (kept beams that
-    are done become final solutions). Returns one :class:`SearchOutcome` per problem."""
+    """Run rounds until no beam is open: each round's candidates that ended become final solutions, ``select``
+    decides which open ones go on (at the step cap, those become final too). Returns one
+    :class:`SearchOutcome` per problem."""
     sep = step_separator(prm)
     n_beams = settings.n_beams()
     outcomes = [SearchOutcome() for _ in problems]
@@ -196,11 +204,15 @@ def step_search(problems: Sequence[Problem], generator: Generator, prm: StepRewa
             if k:
                 o.samples_per_round.append(k)
         score_beams(children, problems, prm, settings)
-        active = []
-        for b in select(children, outcomes, n_beams):
-            if r == settings.max_steps - 1 and b.done is None:
+        for b in children:
+            if b.done:
+                outcomes[b.problem].finals.append(b)
+        active = select([b for b in children if not b.done], n_beams)
+        if r == settings.max_steps - 1:
+            for b in active:
                 b.done = "step_cap"
-            (outcomes[b.problem].finals if b.done else active).append(b)
+                outcomes[b.problem].finals.append(b)
+            active = []
     return outcomes
 
 
