@@ -49,6 +49,7 @@ from rlkit.recipe import (
     parse_recipe,
     yaml_load,
 )
+from rlkit.search_cmd import search_settings
 from rlkit.vllm_support import vllm_problem
 
 __all__ = ["load_recipe", "recipe_from_dict", "validate", "resolve_recipe_path", "shipped_recipes", "RECIPES_DIR",
@@ -222,6 +223,34 @@ def _optimizer_alpha(args: dict[str, Any]) -> float | None:
         return None  # build_optimizer reports it
 
 
+SEARCH_ALGORITHMS = ("grpo", "ppo", "sft")  # runners that save a policy/ the search block can evaluate
+
+
+def _check_search(recipe: Recipe) -> None:
+    """The ``search:`` block: its values, and held-out problems to search on."""
+    sc = recipe.search
+    if sc is None:
+        return
+    if recipe.algorithm.name not in SEARCH_ALGORITHMS:
+        raise RecipeError(f"search: runs after {', '.join(SEARCH_ALGORITHMS)} recipes only, not "
+                          f"{recipe.algorithm.name!r} (remove the search: block)")
+    try:
+        search_settings(sc)
+    except ValueError as e:
+        raise RecipeError(f"search: {e}") from None
+    for key, low in (("num_problems", 1), ("batch_size", 1), ("show", 0)):
+        if getattr(sc, key) < low:
+            raise RecipeError(f"search.{key}: must be >= {low}, got {getattr(sc, key)}")
+    if not sc.seeds:
+        raise RecipeError("search.seeds: need at least one seed")
+    if sc.backend not in ("hf", "vllm"):
+        raise RecipeError(f"search.backend: unknown value {sc.backend!r} (allowed: hf, vllm)")
+    if sc.temperature < 0 or not 0 < sc.top_p <= 1:
+        raise RecipeError(f"search: need temperature >= 0 and 0 < top_p <= 1, got {sc.temperature:g}, {sc.top_p:g}")
+    if not (recipe.data.eval or recipe.data.train.startswith("builtin:")):
+        raise RecipeError("search: needs held-out problems: set data.eval (or train on builtin: data)")
+
+
 def _check_peft(recipe: Recipe) -> None:
     """The ``peft:`` block: its values, and the recipe parts that cannot train a LoRA policy."""
     pc = recipe.peft
@@ -305,8 +334,9 @@ def validate(recipe: Recipe, base_dir: Path | None = None) -> None:
     except ValueError as e:
         raise RecipeError(f"optimizer: {e}") from None
     _check_peft(recipe)
+    _check_search(recipe)
 
-    if algorithm.uses_reward:
+    if algorithm.uses_reward or recipe.search is not None:  # the search scores with the reward too
         if recipe.reward.name not in available():
             raise RecipeError(f"reward.name: unknown reward {recipe.reward.name!r} "
                               f"(registered: {', '.join(available())})")

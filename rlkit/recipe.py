@@ -158,6 +158,36 @@ class MachinesConfig:
 
 
 @dataclass
+class SearchConfig:
+    """PRM-guided search as the evaluation of the trained policy (``grpo``/``ppo`` recipes): the top-level
+    ``search:`` block (absent or null: none). After training, rank 0 runs the search of ``rlkit search`` with
+    the saved ``policy/`` and the recipe's reward on ``num_problems`` held-out problems (``data.eval``, else the
+    builtin data's held-out split) and writes its report to ``RUN/search/`` (results.json, accuracy.png,
+    index.html, solutions.jsonl). The keys are ``rlkit search``'s flags; see docs/search.md.
+
+    Example::
+
+        search: {methods: [beam, bon], budgets: [4, 16], beam_width: 4, num_problems: 64, backend: vllm}
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["beam", "dvts", "bon"])
+    budgets: list[int] = field(default_factory=lambda: [4, 16])
+    beam_width: int = 4
+    aggregation: str = "min"
+    num_problems: int = 64
+    max_steps: int = 8
+    max_step_tokens: int = 64
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    backend: str = "hf"
+    batch_size: int = 64
+    prm_batch_size: int = 64
+    show: int = 3
+
+
+@dataclass
 class Recipe:
     """A whole training run. See docs/recipes.md for every key."""
 
@@ -170,6 +200,7 @@ class Recipe:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     peft: PeftConfig | None = None
+    search: SearchConfig | None = None
     distribution: str = "none"
     num_processes: int = 2
     machines: MachinesConfig = field(default_factory=MachinesConfig)

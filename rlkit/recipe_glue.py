@@ -1,5 +1,6 @@
 """The one piece of recipe -> trainer glue every algorithm's runner uses: trainer-config keyword arguments,
-the optimizer block, vLLM and LoRA settings, the policy's path and tokenizer, datasets and the step reward.
+the optimizer block, vLLM and LoRA settings, the policy's path and tokenizer, datasets and the step reward,
+and the ``search:`` block run on the trained policy.
 
 Example:
     >>> from rlkit.config import load_recipe
@@ -22,6 +23,7 @@ from rlkit.data import load_prompts
 from rlkit.distributed import cuda_available, single_rank_hf
 from rlkit.models import load_tokenizer, resolve_model
 from rlkit.recipe import Recipe
+from rlkit.search_cmd import run_search
 from rlkit.vllm_support import prepare_vllm
 
 
@@ -109,6 +111,19 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     eval_src = d.eval or (d.train if d.train.startswith("builtin:") else None)
     evald = load_prompts(eval_src, d.eval_split, d.num_eval, **common) if eval_src and d.num_eval else None
     return train, evald
+
+
+def search_trained_policy(recipe: Recipe, policy_dir: Path, step_reward: Any, out: Path) -> dict[str, Any]:
+    """Run the recipe's ``search:`` block (``rlkit.recipe.SearchConfig``) with the saved policy and
+    ``step_reward`` on the held-out problems (``data.eval``, else the builtin data's held-out split); the
+    report goes to ``out``. Rank 0 alone, outside ZeRO-3 (:func:`single_rank_hf`)."""
+    d, search = recipe.data, recipe.search
+    rows = list(load_prompts(d.eval or d.train, d.eval_split, search.num_problems, prompt_field=d.prompt_field,
+                             answer_field=d.answer_field, system_prompt=d.system_prompt, seed=d.seed))
+    config = {"reward": recipe.reward.name, "reward_args": {k: str(v) for k, v in recipe.reward.args.items()},
+              "data": d.eval or d.train, "recipe": recipe.name}
+    with single_rank_hf():
+        return run_search(str(policy_dir), step_reward, rows, search, out, config)
 
 
 def vllm_kwargs(recipe: Recipe) -> dict[str, Any]:

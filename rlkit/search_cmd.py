@@ -42,10 +42,14 @@ from rlkit.data import BUILTIN_DATASETS, DataError, load_prompts
 from rlkit.eval_cmd import _build, _reward_kwargs
 from rlkit.label_cmd import UsageError, _check_model
 from rlkit.models import ModelError
+from rlkit.recipe import SearchConfig
 from rlkit.search_report import write_search_report
 from rlkit.vllm_support import VLLMUnavailable, prepare_vllm
 
 METHOD_NAMES = tuple(METHODS)
+SETTINGS_KEYS = ("beam_width", "max_steps", "max_step_tokens", "max_tokens", "aggregation", "prm_batch_size")
+REPORTED_KEYS = ("methods", "budgets", "seeds", "backend", "temperature", "top_p", "beam_width", "max_steps",
+                 "max_step_tokens", "max_tokens", "aggregation")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -136,23 +140,13 @@ def _run(args: argparse.Namespace) -> int:
     _check_model(args.policy, "--policy")
     kw = _reward_kwargs(args)
     prm = _build(args, kw)
-    if any(m != "bon" for m in methods):
-        step_separator(prm)  # a regex splitter has no literal separator to stop at
-    gen = _generator(args, seeds[0])
-    problems = [Problem(gen.chat(r["prompt"]), r["question"], r["answer"]) for r in rows]
     out = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"[search] {len(problems)} problems; methods {', '.join(methods)}; budgets {budgets}; "
-          f"seeds {seeds}", file=sys.stderr)
-    t0 = time.time()
-    result = compare(problems, gen, prm, methods, budgets, settings, seeds,
-                     progress=lambda s: print(s, file=sys.stderr))
-    config = {"policy": args.policy, "reward": args.reward, "reward_args": {k: str(v) for k, v in kw.items()},
-              "methods": methods, "budgets": budgets, "seeds": seeds, "data": args.data,
-              "num_problems": len(problems), "backend": args.backend, "temperature": args.temperature,
-              "top_p": args.top_p, "seconds_total": round(time.time() - t0, 1),
-              **{k: getattr(settings, k) for k in ("beam_width", "max_steps", "max_step_tokens", "max_tokens",
-                                                   "aggregation", "stop_at_answer")}}
-    write_search_report(out, result, problems, config, show=args.show)
+    search = SearchConfig(methods=methods, budgets=budgets, seeds=seeds, num_problems=args.num_problems,
+                          backend=args.backend, temperature=args.temperature, top_p=args.top_p,
+                          batch_size=args.batch_size, show=args.show,
+                          **{k: getattr(settings, k) for k in SETTINGS_KEYS})
+    config = {"reward": args.reward, "reward_args": {k: str(v) for k, v in kw.items()}, "data": args.data}
+    result = run_search(args.policy, prm, rows, search, out, config)
     for r in result["rows"]:
         print(f"{r['method']:<5} N={r['budget']:<4} accuracy {r['accuracy']:.1%} (std {r['accuracy_std']:.1%})  "
               f"majority {r['majority']:.1%}  weighted majority {r['weighted_majority']:.1%}  "
@@ -162,11 +156,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generator(args: argparse.Namespace, seed: int):
-    """The policy: HF generate, or vLLM (optional: vllm itself is imported when the generator starts)."""
-    if args.backend == "vllm":
-        prepare_vllm()  # VLLMUnavailable (one line) when vLLM is absent
-        return VLLMGenerator(args.policy, temperature=args.temperature, top_p=args.top_p, seed=seed)
+def search_settings(search: SearchConfig) -> SearchSettings:
+    """The ``reward.search`` settings of a search block; ValueError for a value they refuse or a budget the
+    beam width does not divide."""
+    settings = SearchSettings(**{k: getattr(search, k) for k in SETTINGS_KEYS})
+    check_methods(search.methods, search.budgets, settings)
+    return settings
 
-    return HFGenerator(args.policy, temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+
+def run_search(policy: str, prm: Any, rows: list[dict], search: SearchConfig, out: Path,
+               config: dict[str, Any]) -> dict[str, Any]:
+    """Every method of ``search`` at every budget on ``rows`` (``load_prompts`` records) with ``policy`` and the
+    step reward ``prm``; writes the report folder ``out`` and returns the comparison
+    (``reward.search.compare.compare``). ``config``: what the report records beside the search's settings.
+    Shared by ``rlkit search`` and a recipe's ``search:`` block."""
+    settings = search_settings(search)
+    if any(m != "bon" for m in search.methods):
+        step_separator(prm)  # a regex splitter has no literal separator to stop at
+    gen = _generator(policy, search, search.seeds[0])
+    problems = [Problem(gen.chat(r["prompt"]), r["question"], r["answer"]) for r in rows]
+    print(f"[search] {len(problems)} problems; methods {', '.join(search.methods)}; budgets {search.budgets}; "
+          f"seeds {search.seeds}", file=sys.stderr)
+    t0 = time.time()
+    result = compare(problems, gen, prm, search.methods, search.budgets, settings, search.seeds,
+                     progress=lambda s: print(s, file=sys.stderr))
+    record = {"policy": policy, **config, **{k: getattr(search, k) for k in REPORTED_KEYS},
+              "num_problems": len(problems), "stop_at_answer": settings.stop_at_answer,
+              "seconds_total": round(time.time() - t0, 1)}
+    write_search_report(out, result, problems, record, show=search.show)
+    return result
+
+
+def _generator(policy: str, search: SearchConfig, seed: int):
+    """The policy: HF generate, or vLLM (optional: vllm itself is imported when the generator starts)."""
+    if search.backend == "vllm":
+        prepare_vllm()  # VLLMUnavailable (one line) when vLLM is absent
+        return VLLMGenerator(policy, temperature=search.temperature, top_p=search.top_p, seed=seed)
+    return HFGenerator(policy, temperature=search.temperature, top_p=search.top_p, batch_size=search.batch_size,
                        seed=seed)

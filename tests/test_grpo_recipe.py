@@ -34,9 +34,19 @@ def _only_run(out: Path) -> Path:
 
 
 def test_quickstart_recipe_in_process_writes_run_folder(tiny_dirs, tmp_path):
-    res = run_recipe(tiny_dirs["policy"], tmp_path / "runs")
+    # with a search: block, the trained policy is also evaluated by PRM-guided search (RUN/search/)
+    search = ("search={methods: [beam, bon], budgets: [2], beam_width: 2, num_problems: 2, max_steps: 2, "
+              "max_step_tokens: 6, max_tokens: 12, seeds: [3]}")
+    res = run_recipe(tiny_dirs["policy"], tmp_path / "runs", search)
     assert res.returncode == 0, res.stderr[-3000:]
     run = _only_run(tmp_path / "runs")
+    found = json.loads((run / "search" / "results.json").read_text())
+    assert found["n_problems"] == 2 and found["config"]["policy"] == str(run / "policy")
+    assert found["config"]["seeds"] == [3] and found["config"]["reward"] == "arithmetic"
+    assert sorted((r["method"], r["budget"]) for r in found["rows"]) == [("beam", 2), ("bon", 2)]
+    bon = next(r for r in found["rows"] if r["method"] == "bon")
+    assert bon["samples_per_problem"] == 2 and 0 < bon["tokens_per_problem"] <= 2 * 12
+    assert (run / "search" / "index.html").is_file()
     for f in ("recipe.yaml", "metrics.json", "policy/config.json", "policy/model.safetensors",
               "report/index.md", "report/training.png", "report/samples.html"):
         assert (run / f).is_file(), f

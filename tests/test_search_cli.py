@@ -89,3 +89,23 @@ def test_search_cli_reward_with_wrong_lengths_fails_in_one_line(tmp_path, tiny_d
     assert err[0].startswith("rlkit: error: reward model 'test-search-extra-score' on response 0: ") and \
         "scores for" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search={budgets: [6]}"], "search: budget 6 is not divisible by beam width 4"),
+    (["search={methods: [beam, mcts]}"], "search: unknown search method 'mcts' (allowed: beam, dvts, bon)"),
+    (["search={max_steps: 0}"], "search: max_steps must be an integer >= 1, got 0"),
+    (["search={num_problems: 0}"], "search.num_problems: must be >= 1, got 0"),
+    (["search={backend: tgi}"], "search.backend: unknown value 'tgi' (allowed: hf, vllm)"),
+    (["search={seeds: []}"], "search.seeds: need at least one seed"),
+    (["search={beams: 4}"], "unknown key 'search.beams'"),
+    (["search={}", "algorithm.name=prm"], "search: runs after grpo, ppo, sft recipes only, not 'prm'"),
+    (["search={}", "data.train=x.jsonl"], "search: needs held-out problems: set data.eval"),
+])
+def test_bad_search_blocks_raise_one_line(overrides, message):
+    from rlkit.config import load_recipe
+    from rlkit.recipe import RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        load_recipe("grpo_prm_quickstart", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)

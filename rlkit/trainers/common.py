@@ -23,7 +23,7 @@ from rlkit.checkpoints import COMPLETE_MARKER, RunGuard, checkpoint_step
 from rlkit.distributed import is_main_process, single_rank_hf
 from rlkit.models import resolve_model
 from rlkit.recipe import Recipe
-from rlkit.recipe_glue import load_datasets
+from rlkit.recipe_glue import load_datasets, search_trained_policy
 
 
 def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type) -> None:
@@ -92,11 +92,16 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(clean(summary), indent=2, default=str))
 
 
-def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
-    """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`); a step reward that
-    is sharded over the ranks is replaced by its copy saved with the policy."""
+def one_rank_reward(trainer, model_path) -> Any:
+    """The trainer's step reward for work on this rank alone (evaluation, search); one that is sharded over the
+    ranks is replaced by its copy saved with the policy at ``model_path``."""
     pick = getattr(trainer, "reward_for_one_rank", None)
-    step_reward = pick(model_path) if pick is not None else trainer.step_reward
+    return pick(model_path) if pick is not None else trainer.step_reward
+
+
+def evaluate_on_one_rank(model_path, trainer, eval_ds, label: str) -> dict:
+    """Held-out evaluation of a saved policy by this rank alone (see :func:`single_rank_hf`)."""
+    step_reward = one_rank_reward(trainer, model_path)
     with single_rank_hf():
         return report.evaluate_policy(str(model_path), trainer.processing_class, eval_ds, step_reward,
                                       max_new_tokens=eval_max_new_tokens(trainer), label=label)
@@ -192,7 +197,8 @@ def policy_from_checkpoint(checkpoint: str | Path, policy_dir: Path) -> None:
 def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     """The policy run every RL/SFT recipe runner shares: held-out evaluation before, train (resuming from
     ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
-    ``metrics.json`` and ``run_info.json`` (main process only).
+    ``metrics.json`` and ``run_info.json`` (main process only), then run the recipe's ``search:`` block on
+    ``policy/`` into ``search/`` (main process only).
 
     A run resumed from a checkpoint that is already at ``max_steps`` trains no further (transformers would
     train one step past it): ``policy/`` comes from the checkpoint's model files. A signal or a non-finite loss
@@ -227,3 +233,5 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
         atomic_write_text(run_dir / "metrics.json", json.dumps(trainer.state.log_history, indent=1))
         write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()
+    if is_main and recipe.search is not None:  # after the last barrier: a long search keeps no rank waiting
+        search_trained_policy(recipe, policy_dir, one_rank_reward(trainer, policy_dir), run_dir / "search")
