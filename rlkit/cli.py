@@ -19,7 +19,9 @@ import importlib
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from reward.base import RewardError
@@ -177,10 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(Exception):
+    """SIGTERM reached ``rlkit`` outside training (whose :class:`rlkit.checkpoints.RunGuard` handles it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-
+    # SIGTERM unwinds like Ctrl-C does (finally blocks, exit handlers) instead of killing the process on the
+    # spot: helper processes (a vLLM engine) are shut down with it instead of living on as orphans
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
     except (RecipeError, DataError, ModelError, PlanError, ShapeError) as e:
@@ -195,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except Terminated:
+        return _fail("terminated (SIGTERM)")
     except BrokenPipeError:  # the reader went away (`rlkit check ... | head`): stop quietly, as `cat` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         return 141

@@ -144,3 +144,21 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and first.startswith("quickstart: ok")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_sigterm_unwinds_rlkit_like_ctrl_c_so_exit_handlers_run():
+    # a command that is terminated (a scheduler, `kill`) must still run its exit handlers: they shut down helper
+    # processes such as a vLLM engine, which otherwise lived on as orphans holding ~8 GB after `rlkit search`
+    script = (
+        "import argparse, atexit, os, signal, sys, time\n"
+        "from rlkit import cli\n"
+        "class Parser:\n"
+        "    def parse_args(self, argv):\n"
+        "        return argparse.Namespace(func=lambda a: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)))\n"
+        "cli.build_parser = Parser\n"
+        "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
+        "sys.exit(cli.main([]))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=25, cwd=REPO)
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert res.stderr.strip().splitlines()[-1] == "rlkit: error: terminated (SIGTERM)"
+    assert res.stdout.strip() == "exit handlers ran"
