@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from rlkit.distributed import is_main_process, wait_for_everyone
 
 COMPLETE_MARKER = "rlkit_complete.json"
 CHECKPOINTS_DIR = "checkpoints"
+REPEAT_WINDOW_S = 1.0  # a signal this soon after the first is the same stop delivered again (RunGuard)
 RESUME_FILE = "resume.json"  # written by `rlkit train --resume`: the checkpoint the workers resume from
 
 
@@ -89,7 +91,9 @@ def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
 
 class RunGuard(TrainerCallback):
     """Marks complete checkpoints; on SIGINT/SIGTERM saves a checkpoint at the end of the current step and
-    stops (a second signal exits at once); stops before saving when a logged loss is NaN/inf.
+    stops (a second signal exits at once; repeats within ``REPEAT_WINDOW_S`` of the first count as the same
+    one, since a scheduler that signals every process of a job also reaches the launcher, which passes the
+    signal on); stops before saving when a logged loss is NaN/inf.
 
     After ``trainer.train()`` returns, :meth:`raise_if_stopped` raises :class:`TrainingStopped` with the one-line
     reason (the runner leaves FAILED.txt and the message says how to resume)."""
@@ -97,14 +101,25 @@ class RunGuard(TrainerCallback):
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.signum = 0  # the signal this process received (0: none)
+        self._first_signal_at = 0.0
         self.stop_reason: str | None = None
         self._previous: dict[int, Any] = {}
 
     # -- signals ------------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
-        self.signum = signum
-        for sig, handler in self._previous.items():  # a second signal: the default behaviour, at once
+        now = time.monotonic()
+        if not self.signum:
+            self.signum, self._first_signal_at = signum, now
+            return
+        if now - self._first_signal_at < REPEAT_WINDOW_S:
+            return  # the same stop delivered again: a scheduler signals every process and the launcher passes it on
+        previous = self._previous.get(signum, signal.SIG_DFL)  # a later signal: the usual behaviour, at once
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            os.kill(os.getpid(), signum)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if _in_main_thread():

@@ -126,13 +126,15 @@ def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None 
     # its own session: a Ctrl-C in the terminal reaches this process only, which passes it on exactly once
     proc = subprocess.Popen(accelerate_command(recipe, run_dir, machine), env=env, start_new_session=True)
     code = wait_passing_signals(proc)
+    failed = Path(run_dir) / "FAILED.txt"
+    text = failed.read_text().strip() if failed.is_file() else ""
+    # the workers stopped cleanly (a signal) and rank 0 wrote why, after the checkpoint; the launcher's own exit
+    # code is then 143 when the signal reached it too (a scheduler signals every process of the job)
+    if text.startswith(STOPPED_PREFIX):
+        raise RuntimeError(text[len(STOPPED_PREFIX):])
     if code != 0:
         raise RuntimeError(f"distributed run failed with exit code {code} (the workers' errors are "
                            f"printed above); run folder {run_dir}")
-    failed = Path(run_dir) / "FAILED.txt"
-    text = failed.read_text().strip() if failed.is_file() else ""
-    if text.startswith(STOPPED_PREFIX):  # the workers stopped cleanly (a signal): rank 0 wrote why
-        raise RuntimeError(text[len(STOPPED_PREFIX):])
 
 
 STOPPED_PREFIX = "TrainingStopped: "  # FAILED.txt of workers that stopped cleanly (rlkit.checkpoints.TrainingStopped)

@@ -117,10 +117,33 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_dirs):
     assert ckpt is not None and 0 < int(ckpt.name.split("-")[1]) < 400  # saved where it stopped, not at 1000
 
 
+def test_repeats_of_a_signal_within_a_second_count_once_a_later_one_exits_at_once(tmp_path, monkeypatch):
+    import rlkit.checkpoints as ck
+
+    calls = []
+    clock = [100.0]
+    monkeypatch.setattr(ck.time, "monotonic", lambda: clock[0])
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    guard = ck.RunGuard(tmp_path)
+    try:
+        guard.on_train_begin(None, None, None)
+        for _ in range(3):  # directly, from rlkit, from the launcher: within the window, one stop
+            os.kill(os.getpid(), signal.SIGTERM)
+            clock[0] += 0.3
+        assert guard.signum == signal.SIGTERM and calls == []
+        clock[0] += 1.0
+        os.kill(os.getpid(), signal.SIGTERM)  # a second stop, later: the handler that was there before runs
+        assert calls == [signal.SIGTERM]
+    finally:
+        guard.on_train_end(None, None, None)
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _start_and_signal(args: list[str], log: Path, target: str, sig: int) -> tuple[int, str]:
     """Start `rlkit train ARGS` in its own session (as a shell would; stdout to ``log``), wait until it has
     logged 3 training steps, send ``sig`` to ``target`` ("parent": the rlkit process, as Ctrl-C in its
-    terminal; "rank1": rank 1's worker alone) and return (exit code, stderr)."""
+    terminal; "rank1": rank 1's worker alone; "all": rlkit, the launcher and every worker at once, as a
+    scheduler cancelling the job does) and return (exit code, stderr)."""
     with open(log, "w") as out:
         proc = subprocess.Popen(cli(*args), env=env(), cwd=REPO, stdout=out, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -129,6 +152,9 @@ def _start_and_signal(args: list[str], log: Path, target: str, sig: int) -> tupl
             time.sleep(0.2)
         if target == "parent":
             proc.send_signal(sig)
+        elif target == "all":
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                p.send_signal(sig)
         else:
             workers = [w for w in psutil.Process(proc.pid).children(recursive=True)
                        if w.environ().get("LOCAL_RANK") == "1" and "rlkit.launch" in " ".join(w.cmdline())]
@@ -143,25 +169,29 @@ def _start_and_signal(args: list[str], log: Path, target: str, sig: int) -> tupl
 
 
 @pytest.mark.slow
-def test_a_signal_to_one_rank_or_to_rlkit_stops_every_rank_after_the_same_step_and_resumes(tmp_path, tiny_dirs):
+def test_a_signal_to_one_rank_to_all_or_to_rlkit_stops_every_rank_after_the_same_step_and_resumes(tmp_path,
+                                                                                                   tiny_dirs):
     # ZeRO-2 on 2 processes, checkpoints only when stopped: the ranks must agree on the step that ends the run
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe_text("grpo", tiny_dirs["policy"], 150).replace("save_steps: 1", "save_steps: 1000")
                     + "distribution: zero2\n")
     run = tmp_path / "run"
     steps = []
+    # then SIGTERM to every process at once (each worker gets it up to three times: directly, from rlkit and
+    # from the launcher; repeats within a second count as one), then SIGINT to rlkit alone (Ctrl-C)
     for args, target, sig in (([str(path), "--run-dir", str(run)], "rank1", signal.SIGTERM),
+                              (["--resume", str(run)], "all", signal.SIGTERM),
                               (["--resume", str(run)], "parent", signal.SIGINT)):
         code, err = _start_and_signal(args, tmp_path / "out.log", target, sig)
         last = err.strip().splitlines()[-1]
-        name = "SIGTERM (on another rank)" if target == "rank1" else "SIGINT"
+        name = {"rank1": "SIGTERM (on another rank)", "all": "SIGTERM", "parent": "SIGINT"}[target]
         assert code == 1 and last.startswith(f"rlkit: error: {name} at step "), err[-3000:]
         assert f"rlkit train --resume {run}" in last and "Traceback" not in err  # one line, no rank's traceback
         steps.append(int(last.split(" at step ")[1].split(":")[0]))
         ckpt = newest_complete_checkpoint(run)
         assert ckpt is not None and ckpt.name == f"checkpoint-{steps[-1]}"
         verify_checkpoint(ckpt)
-    assert 0 < steps[0] < steps[1] < 150
+    assert 0 < steps[0] < steps[1] < steps[2] < 150
     res = subprocess.run(cli("--resume", str(run)), env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run / "run_info.json").read_text())["global_step"] == 150
