@@ -346,3 +346,39 @@ def test_vllm_generator_samples_n_per_prefix(tmp_path, tok):
         for text, tokens, finish in row:
             assert 1 <= tokens <= 6 and finish in ("stop", "eos", "length") and "\n\n" not in text
             assert finish != "length" or tokens == 6
+
+
+@pytest.mark.embedded
+def test_step_prefixes_reach_the_model_with_the_separator_tokenized_as_in_running_text():
+    # SmolLM2 encodes a prefix ending in a blank line with one merged "\n\n" token, but a blank line followed by
+    # text as "\n", "\n": the search and the MC rollouts continue prefixes that end in the separator, and the
+    # SFT policy went on with another calculation where it writes its answer after the very same text
+    import types
+
+    import torch
+
+    from reward.generation import encode_prefix
+    from rlkit.models import ModelError, load_tokenizer
+
+    try:
+        tok = load_tokenizer("embedded:smollm2-135m-instruct")
+    except ModelError:
+        pytest.skip("embedded model not installed")
+    prefix = "<|im_start|>assistant\n6 * 4 = 24\n\n"
+    in_text = tok.encode(prefix + "The answer is 24.", add_special_tokens=False)
+    assert encode_prefix(tok, prefix) == in_text[:len(encode_prefix(tok, prefix))]
+    assert encode_prefix(tok, prefix)[-2:] == tok.encode("\n", add_special_tokens=False) * 2
+    assert tok.encode(prefix, add_special_tokens=False)[-1] != encode_prefix(tok, prefix)[-1]  # the merged token
+
+    seen = []
+
+    class Recorder(torch.nn.Module):  # a "model" that records its input and ends every row at once
+        generation_config = types.SimpleNamespace(eos_token_id=tok.eos_token_id)
+        device = torch.device("cpu")
+
+        def generate(self, input_ids, attention_mask, **kw):
+            seen.extend(row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask))
+            return torch.cat([input_ids, torch.full((len(input_ids), 1), tok.eos_token_id)], dim=1)
+
+    HFGenerator(Recorder(), tok).generate([prefix, "<|im_start|>assistant\n"], n=1, stop=SEP)
+    assert seen == [encode_prefix(tok, prefix), tok.encode("<|im_start|>assistant\n", add_special_tokens=False)]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from reward.generation import generate_texts
+from reward.generation import encode_prefix, generate_texts
 from reward.labeling.io import ResumableWriter
 from reward.models.verifier import is_correct
 from rlkit.models import resolve_model
@@ -203,7 +203,8 @@ class VLLMCompleter:
 
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
                             seed=per_request_seed(self.seed))
-        res = self.llm.generate(prefixes, sp, use_tqdm=False)
+        prompts = [{"prompt_token_ids": encode_prefix(self.tok, p)} for p in prefixes]  # see encode_prefix
+        res = self.llm.generate(prompts, sp, use_tqdm=False)
         return [[o.text for o in r.outputs] for r in res]
 
 

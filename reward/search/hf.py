@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from reward.batching import pad_sequences
+from reward.generation import encode_prefix
 from reward.labeling.mc import load_causal_lm
 from reward.search.generator import Continuation, Finish
 
@@ -55,26 +57,22 @@ class HFGenerator:
 
     def generate(self, prefixes: Sequence[str], n: int, stop: str | None = None,
                  max_new_tokens: int = 128) -> list[list[Continuation]]:
-        rows = [p for p in prefixes for _ in range(n)]
+        encoded = [encode_prefix(self.tokenizer, p) for p in prefixes]  # a trailing separator as in running text
+        rows = [ids for ids in encoded for _ in range(n)]
         out: list[Continuation] = []
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
         sample = self.temperature > 0
         kw: dict[str, Any] = dict(do_sample=sample, max_new_tokens=max_new_tokens, pad_token_id=self._pad)
         if sample:
             kw.update(temperature=self.temperature, top_p=self.top_p)
         if stop:
             kw.update(stop_strings=[stop], tokenizer=self.tokenizer)
-        try:
-            for i in range(0, len(rows), self.batch_size):
-                enc = self.tokenizer(rows[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(self.model.device)
-                with torch.inference_mode():
-                    gen = self.model.generate(**enc, **kw)
-                for ids in gen[:, enc["input_ids"].shape[1]:].tolist():
-                    out.append(self._continuation(ids, stop))
-        finally:
-            self.tokenizer.padding_side = side
+        for i in range(0, len(rows), self.batch_size):
+            ids, mask = pad_sequences(rows[i:i + self.batch_size], self._pad, side="left")
+            with torch.inference_mode():
+                gen = self.model.generate(input_ids=ids.to(self.model.device),
+                                          attention_mask=mask.to(self.model.device), **kw)
+            for row in gen[:, ids.shape[1]:].tolist():
+                out.append(self._continuation(row, stop))
         return [out[j * n:(j + 1) * n] for j in range(len(prefixes))]
 
     def _continuation(self, ids: list[int], stop: str | None) -> Continuation:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from reward.generation import encode_prefix
 from reward.labeling.mc import resolve_model_path
 from reward.search.generator import Continuation
 from rlkit.vllm_support import fixed_model_llm_kwargs
@@ -42,8 +43,9 @@ class VLLMGenerator:
         # engine seed (LLM(seed=...)) makes a whole run reproducible.
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=max_new_tokens,
                             stop=[stop] if stop else None)
+        prompts = [{"prompt_token_ids": encode_prefix(self.tokenizer, p)} for p in prefixes]  # see encode_prefix
         out = []
-        for r in self.llm.generate(list(prefixes), sp, use_tqdm=False):
+        for r in self.llm.generate(prompts, sp, use_tqdm=False):
             row = []
             for o in r.outputs:
                 if o.finish_reason == "length":
