@@ -185,14 +185,17 @@ def is_main_process() -> bool:
 
 
 def online_reward_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, policy_config: dict[str, Any],
-                         bf16: bool = False) -> Any:
+                         bf16_auto: bool = False) -> Any:
     """A DeepSpeed engine of its own for an online-trained reward model (``reward.base.EngineTrainable``),
     with the policy's ZeRO stage and precision: ZeRO-2 partitions its optimizer state and gradients over the
     ranks, ZeRO-3 its weights too. One micro-batch per step, no gradient accumulation, no clipping and no
     scheduler (the reward's own update rule is a plain optimizer step). ``policy_config`` is the policy's
-    DeepSpeed config as the Trainer resolved it; its "auto" leftovers are dropped."""
+    DeepSpeed config as the Trainer resolved it; its "auto" leftovers are dropped, and a bf16 "auto" becomes
+    ``bf16_auto`` (the trainer's ``bf16``)."""
     import deepspeed  # here: only distributed runs need it, and importing it is slow
 
+    bf16 = (policy_config.get("bf16") or {}).get("enabled", False)
+    bf16 = bf16_auto if bf16 == "auto" else bool(bf16)
     zero = {k: v for k, v in policy_config.get("zero_optimization", {}).items() if v != "auto"}
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,

@@ -69,6 +69,21 @@ def test_reference_defaults_to_a_frozen_copy_so_rewards_start_at_zero(tok, model
     assert rm.score(["q"], [""])[0].scores == []
 
 
+def test_an_engine_in_bf16_brings_the_reference_to_bf16_so_equal_models_still_score_zero(tok, models):
+    import types
+
+    rm = ImplicitPRM(models[0], tokenizer=tok)
+    rm.model.to(torch.bfloat16)  # what DeepSpeed's bf16 mode does to the module it is given
+    before = rm.score(PROMPTS, RESPONSES)
+    assert any(abs(v) > 1e-4 for s in before for v in s.scores)  # bf16 pi_phi against an fp32 copy: noise
+    engine = types.SimpleNamespace(module=rm.model, optimizer=None, zero_optimization_partition_weights=lambda: False)
+    rm.attach_engine(engine)
+    assert next(rm.ref_model.parameters()).dtype == torch.bfloat16 and rm.engine is engine
+    assert all(v == 0.0 for s in rm.score(PROMPTS, RESPONSES) for v in s.scores)
+    with pytest.raises(RewardError, match="must wrap this reward's pi_phi"):
+        rm.attach_engine(types.SimpleNamespace(module=models[1]))
+
+
 def test_one_sgd_update_moves_parameters_by_minus_lr_times_the_loss_gradient(tok, models):
     phi, ref = models
     before, ref_before = copy.deepcopy(phi), copy.deepcopy(ref)

@@ -256,6 +256,9 @@ class ImplicitPRM(ResponseAwareReward):
         if engine.module is not self.model:
             raise RewardError("implicit-prm: the engine must wrap this reward's pi_phi (trainable_module())")
         self.engine, self.optimizer = engine, engine.optimizer
+        dtype = next(self.model.parameters()).dtype  # the engine's precision (bf16 under DeepSpeed's bf16)
+        if next(self.ref_model.parameters()).dtype != dtype:
+            self.ref_model.to(dtype)  # pi_ref in pi_phi's precision, so equal models still give rewards of 0
         if engine.zero_optimization_partition_weights():
             self._rounds = lambda n: _max_over_ranks(n, self.device)
 

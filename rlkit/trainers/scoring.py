@@ -170,7 +170,7 @@ class StepScoringMixin:
             return
         rm = self.step_reward
         self._reward_engine = online_reward_engine(rm.trainable_module(), rm.trainable_optimizer(),
-                                                   self.args.hf_deepspeed_config.config, bf16=self.args.bf16)
+                                                   self.args.hf_deepspeed_config.config, bf16_auto=self.args.bf16)
         rm.attach_engine(self._reward_engine)
 
     def reward_for_one_rank(self, model_dir: str | Path) -> StepRewardModel:
