@@ -21,9 +21,10 @@ from reward.models._hf import pad_id_of
 
 
 _PROBE = "A"  # a letter after a prefix's trailing whitespace makes the tokenizer split that whitespace as in text
+_MAX_POPS = 4  # tokens dropped from the end at most to find where the probe starts (else: the plain encoding)
 
 
-def encode_prefix(tokenizer: Any, text: str) -> list[int]:
+def encode_prefix(tokenizer: Any, text: str, add_special_tokens: bool = False) -> list[int]:
     """Token ids of ``text`` as the model reads them when more text follows.
 
     A prefix that ends in whitespace, such as a step separator, is otherwise encoded with a merged whitespace
@@ -31,7 +32,9 @@ def encode_prefix(tokenizer: Any, text: str) -> list[int]:
     "\\n\\n", while "= 96\\n\\nThe answer" has "\\n", "\\n", "The". Continuations of such a prefix go off
     the rails (measured: the SFT policy, asked to go on after its last calculation and a blank line, wrote
     another calculation instead of its answer). The ids returned decode to ``text``; a tokenizer that does
-    not round-trip the text gets its plain encoding.
+    not round-trip the text gets its plain encoding. ``add_special_tokens``: put the tokens the tokenizer adds
+    in front of a text (a BOS) in front, unless the text already starts with them (what vLLM does with a text
+    prompt).
 
     Example:
         >>> from rlkit.testing import tiny_tokenizer
@@ -39,14 +42,22 @@ def encode_prefix(tokenizer: Any, text: str) -> list[int]:
         >>> encode_prefix(tok, "2 + 2 = 4\\n\\n") == tok.encode("2 + 2 = 4\\n\\n", add_special_tokens=False)
         True
     """
-    plain = tokenizer.encode(text, add_special_tokens=False)
-    if not text or not text[-1].isspace():
-        return plain
-    ids = tokenizer.encode(text + _PROBE, add_special_tokens=False)
-    while ids and not text.startswith(tokenizer.decode(ids)):
-        ids.pop()  # the probe's tokens (and any whitespace merged into them)
-    ids += tokenizer.encode(text[len(tokenizer.decode(ids)):], add_special_tokens=False) if ids else []
-    return ids if ids and tokenizer.decode(ids) == text else plain
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if text and text[-1].isspace():
+        probed = tokenizer.encode(text + _PROBE, add_special_tokens=False)
+        for _ in range(_MAX_POPS):  # the probe's tokens (and any whitespace merged into them)
+            if not probed or text.startswith(tokenizer.decode(probed)):
+                break
+            probed.pop()
+        if probed and text.startswith(tokenizer.decode(probed)):
+            probed += tokenizer.encode(text[len(tokenizer.decode(probed)):], add_special_tokens=False)
+            if tokenizer.decode(probed) == text:
+                ids = probed
+    if add_special_tokens:
+        head = tokenizer.encode("", add_special_tokens=True)  # e.g. [BOS]; [] for most chat models
+        if head and ids[:len(head)] != head:
+            ids = head + ids
+    return ids
 
 
 def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, *, n: int = 1,

@@ -32,6 +32,7 @@ from rlkit.distributed import is_main_process, wait_for_everyone
 COMPLETE_MARKER = "rlkit_complete.json"
 CHECKPOINTS_DIR = "checkpoints"
 REPEAT_WINDOW_S = 1.0  # a signal this soon after the first is the same stop delivered again (RunGuard)
+ONLINE_REWARD_DIR = "online_reward"  # in checkpoints and policy/: the model of a reward that learns online
 RESUME_FILE = "resume.json"  # written by `rlkit train --resume`: the checkpoint the workers resume from
 
 

@@ -179,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(Exception):
-    """SIGTERM reached ``rlkit`` outside training (whose :class:`rlkit.checkpoints.RunGuard` handles it)."""
+class Terminated(BaseException):
+    """SIGTERM reached ``rlkit`` outside training (whose :class:`rlkit.checkpoints.RunGuard` handles it). A
+    BaseException, as KeyboardInterrupt is, so no ``except Exception`` on the way swallows it."""
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -49,7 +49,7 @@ from rlkit.recipe import (
     parse_recipe,
     yaml_load,
 )
-from rlkit.search_cmd import search_settings
+from rlkit.search_cmd import SEARCH_BACKENDS, search_settings
 from rlkit.vllm_support import vllm_problem
 
 __all__ = ["load_recipe", "recipe_from_dict", "validate", "resolve_recipe_path", "shipped_recipes", "RECIPES_DIR",
@@ -243,12 +243,16 @@ def _check_search(recipe: Recipe) -> None:
             raise RecipeError(f"search.{key}: must be >= {low}, got {getattr(sc, key)}")
     if not sc.seeds:
         raise RecipeError("search.seeds: need at least one seed")
-    if sc.backend not in ("hf", "vllm"):
-        raise RecipeError(f"search.backend: unknown value {sc.backend!r} (allowed: hf, vllm)")
+    if sc.backend not in SEARCH_BACKENDS:
+        raise RecipeError(f"search.backend: unknown value {sc.backend!r} (allowed: {', '.join(SEARCH_BACKENDS)})")
     if sc.temperature < 0 or not 0 < sc.top_p <= 1:
         raise RecipeError(f"search: need temperature >= 0 and 0 < top_p <= 1, got {sc.temperature:g}, {sc.top_p:g}")
     if not (recipe.data.eval or recipe.data.train.startswith("builtin:")):
         raise RecipeError("search: needs held-out problems: set data.eval (or train on builtin: data)")
+    splitter = recipe.reward.args.get("splitter")
+    if isinstance(splitter, dict) and splitter.get("mode") == "regex" and set(sc.methods) - {"bon"}:
+        raise RecipeError("search: beam and dvts stop generating at a literal step separator; reward.args.splitter "
+                          "splits by a regex (use mode double_newline, newline or separator, or methods: [bon])")
 
 
 def _check_peft(recipe: Recipe) -> None:

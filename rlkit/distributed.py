@@ -123,10 +123,11 @@ def launch_workers(recipe: Recipe, run_dir: Path, machine: MachineLaunch | None 
     if not cuda_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlkit" / "torch_extensions"))
+    failed = Path(run_dir) / "FAILED.txt"
+    failed.unlink(missing_ok=True)  # what the workers leave there below is this launch's, not an older one's
     # its own session: a Ctrl-C in the terminal reaches this process only, which passes it on exactly once
     proc = subprocess.Popen(accelerate_command(recipe, run_dir, machine), env=env, start_new_session=True)
     code = wait_passing_signals(proc)
-    failed = Path(run_dir) / "FAILED.txt"
     text = failed.read_text().strip() if failed.is_file() else ""
     # the workers stopped cleanly (a signal) and rank 0 wrote why, after the checkpoint; the launcher's own exit
     # code is then 143 when the signal reached it too (a scheduler signals every process of the job)

@@ -36,6 +36,7 @@ from rlkit.distributed import (
     write_run_files,
 )
 from rlkit.recipe import Recipe, RecipeError, apply_overrides, yaml_load
+from rlkit.recipe_glue import search_trained_policy
 
 
 def new_run_dir(recipe: Recipe, output_dir: str | None = None) -> Path:
@@ -75,15 +76,25 @@ def train(recipe: Recipe, output_dir: str | None = None, trainer_cls: type | Non
         except BaseException as e:
             mark_failed(run_dir, f"{type(e).__name__}: {e}")
             raise
-        return run_dir
-    if trainer_cls is not None:
-        raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
-                         "distributed runs")
-    try:
-        launch_workers(recipe, run_dir, machine)
-    except RuntimeError as e:
-        mark_failed(run_dir, str(e))
-        raise
+    else:
+        if trainer_cls is not None:
+            raise ValueError("trainer_cls works in-process only; launch your own script with accelerate for "
+                             "distributed runs")
+        try:
+            launch_workers(recipe, run_dir, machine)
+        except RuntimeError as e:
+            mark_failed(run_dir, str(e))
+            raise
+    if recipe.search is not None and (machine is None or machine.machine_rank == 0):
+        try:  # here, once every worker has ended: no rank waits for it, no trainer holds memory
+            search_trained_policy(recipe, run_dir)
+        except BaseException as e:
+            mark_failed(run_dir, f"search: {type(e).__name__}: {e}")
+            if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: as they are
+                raise
+            raise RuntimeError(f"search: {str(e).splitlines()[0] if str(e) else type(e).__name__} (the trained "
+                               f"policy is in {run_dir / 'policy'}; `rlkit train --resume {run_dir}` runs the "
+                               f"search again)") from e
     return run_dir
 
 

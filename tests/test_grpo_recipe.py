@@ -36,7 +36,7 @@ def _only_run(out: Path) -> Path:
 def test_quickstart_recipe_in_process_writes_run_folder(tiny_dirs, tmp_path):
     # with a search: block, the trained policy is also evaluated by PRM-guided search (RUN/search/)
     search = ("search={methods: [beam, bon], budgets: [2], beam_width: 2, num_problems: 2, max_steps: 2, "
-              "max_step_tokens: 6, max_tokens: 12, seeds: [3]}")
+              "max_step_tokens: 6, max_tokens: 12, seeds: [3], backend: hf}")
     res = run_recipe(tiny_dirs["policy"], tmp_path / "runs", search)
     assert res.returncode == 0, res.stderr[-3000:]
     run = _only_run(tmp_path / "runs")
@@ -54,6 +54,34 @@ def test_quickstart_recipe_in_process_writes_run_folder(tiny_dirs, tmp_path):
     losses = _losses(run)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert "held-out accuracy before training" in (run / "report" / "index.md").read_text()
+
+
+def test_a_failed_search_leaves_the_trained_policy_and_resume_runs_only_the_search(tiny_dirs, tmp_path):
+    import os
+    import sys
+
+    run = tmp_path / "run"
+    sets = [f"model={tiny_dirs['policy']}", *TINY, "data.num_eval=0",
+            "search={methods: [bon], budgets: [2], num_problems: 2, max_tokens: 8, backend: hf}"]
+    args = ["train", "grpo_prm_quickstart", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]
+    failing = ("import sys, rlkit.launch as launch\n"
+               "def boom(recipe, run_dir): raise ValueError('the search broke')\n"
+               "launch.search_trained_policy = boom\n"
+               "from rlkit.cli import main\n"
+               f"sys.exit(main({args!r}))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([sys.executable, "-c", failing], capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env=env)
+    assert res.returncode == 1, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("rlkit: error: search: the search broke") and f"--resume {run}" in last, last
+    assert (run / "policy" / "model.safetensors").is_file() and (run / "FAILED.txt").is_file()
+    assert not (run / "search").exists()
+    res = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", "--resume", str(run)], capture_output=True,
+                         text=True, timeout=600, cwd=REPO, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "search" / "results.json").read_text())["rows"][0]["method"] == "bon"
+    assert not (run / "FAILED.txt").exists()
 
 
 @pytest.mark.slow

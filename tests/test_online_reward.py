@@ -21,7 +21,7 @@ from rlkit.checkpoints import COMPLETE_MARKER
 from rlkit.config import RecipeError, recipe_from_dict
 from rlkit.launch import new_run_dir, train
 from rlkit.trainers.grpo_runner import build_grpo_trainer
-from rlkit.trainers.scoring import ONLINE_REWARD_DIR
+from rlkit.checkpoints import ONLINE_REWARD_DIR
 
 LR = 0.05
 

@@ -171,9 +171,10 @@ def test_a_solution_that_ends_is_never_pruned_by_open_ones_that_score_higher_so_
     for search in (beam_search, dvts):
         (o,) = search([problem], TreePolicy({"<q>": tree}), ArithmeticChecker(),
                       SearchSettings(budget=2, beam_width=2, aggregation="min"))
-        assert [(b.text.split(SEP)[-1], b.score) for b in o.finals] == [
-            ("The answer is 4.", 0.5), ("The answer is 8.", 0.5), ("The answer is 16.", 0.5), ("The answer is 16.", 0.5)]
-        assert evaluate([o], [problem], "min")["accuracy"] == 1.0  # equal scores: the earliest final is chosen
+        # four solutions end (answers 4, 8, 16, 16, all scored 0.5); the N = 2 best, earliest first on ties, stay
+        assert [(b.text.split(SEP)[-1], b.score) for b in o.finals] == [("The answer is 4.", 0.5),
+                                                                        ("The answer is 8.", 0.5)]
+        assert evaluate([o], [problem], "min")["accuracy"] == 1.0
 
 
 def test_weighted_majority_picks_the_heavier_answer_where_plain_majority_picks_the_other():
@@ -382,3 +383,37 @@ def test_step_prefixes_reach_the_model_with_the_separator_tokenized_as_in_runnin
 
     HFGenerator(Recorder(), tok).generate([prefix, "<|im_start|>assistant\n"], n=1, stop=SEP)
     assert seen == [encode_prefix(tok, prefix), tok.encode("<|im_start|>assistant\n", add_special_tokens=False)]
+
+
+class CharTokenizer:
+    """One id per character; id 1 is a BOS that ``add_special_tokens`` puts in front. ``drift`` makes decode
+    not give back the text (as some tokenizers' space clean-up does); decode calls are counted."""
+
+    def __init__(self, drift: bool = False):
+        self.drift, self.decodes = drift, 0
+
+    def encode(self, text, add_special_tokens=True):
+        return ([1] if add_special_tokens else []) + [ord(c) for c in text]
+
+    def decode(self, ids):
+        self.decodes += 1
+        return "".join(chr(i) for i in ids) + ("~" if self.drift else "")
+
+
+def test_encode_prefix_adds_a_bos_once_and_gives_up_quickly_on_text_that_does_not_round_trip():
+    from reward.generation import encode_prefix
+
+    tok = CharTokenizer()
+    assert encode_prefix(tok, "ab\n\n") == [97, 98, 10, 10]
+    assert encode_prefix(tok, "ab\n\n", add_special_tokens=True) == [1, 97, 98, 10, 10]   # as vLLM adds it
+    assert encode_prefix(tok, "\x01ab", add_special_tokens=True) == [1, 97, 98]           # not twice
+    long = CharTokenizer(drift=True)
+    assert encode_prefix(long, "x" * 500 + "\n\n") == [120] * 500 + [10, 10]  # the plain encoding
+    assert long.decodes <= 6  # not one decode per token of the prompt
+
+
+def test_a_solution_with_no_text_ranks_last_even_when_real_scores_are_negative():
+    from reward.search.beams import Beam
+
+    empty, real = Beam(problem=0, text="", score=0.0), Beam(problem=0, text="2 + 2 = 4", score=-3.0)
+    assert ranked([empty, real]) == [real, empty]  # a raw-score PRM (implicit-prm) gives log-ratios below 0

@@ -22,7 +22,7 @@ class ExtraScore(StepRewardModel):
 def search(policy, out, *extra):
     return main(["search", "--policy", str(policy), "--reward", "arithmetic", "--num-problems", "2",
                  "--max-steps", "2", "--max-step-tokens", "6", "--max-tokens", "12", "--out", str(out),
-                 *[str(e) for e in extra]])
+                 "--backend", "hf", *[str(e) for e in extra]])
 
 
 def test_search_cli_writes_the_report(tmp_path, tiny_dirs, capsys):
@@ -82,7 +82,7 @@ def test_search_cli_reward_with_wrong_lengths_fails_in_one_line(tmp_path, tiny_d
     out = tmp_path / "report"
     rc = main(["search", "--policy", tiny_dirs["policy"], "--reward", "test-search-extra-score", "--method",
                "beam", "--budget", "2", "--beam-width", "2", "--num-problems", "1", "--max-step-tokens", "4",
-               "--out", str(out)])
+               "--backend", "hf", "--out", str(out)])
     # the policy loaded (transformers' progress bar) and generated before the first scoring failed
     err = [x for x in capsys.readouterr().err.strip().splitlines() if "error" in x]
     assert rc == 2 and len(err) == 1
@@ -96,11 +96,13 @@ def test_search_cli_reward_with_wrong_lengths_fails_in_one_line(tmp_path, tiny_d
     (["search={methods: [beam, mcts]}"], "search: unknown search method 'mcts' (allowed: beam, dvts, bon)"),
     (["search={max_steps: 0}"], "search: max_steps must be an integer >= 1, got 0"),
     (["search={num_problems: 0}"], "search.num_problems: must be >= 1, got 0"),
-    (["search={backend: tgi}"], "search.backend: unknown value 'tgi' (allowed: hf, vllm)"),
+    (["search={backend: tgi}"], "search.backend: unknown value 'tgi' (allowed: auto, hf, vllm)"),
     (["search={seeds: []}"], "search.seeds: need at least one seed"),
     (["search={beams: 4}"], "unknown key 'search.beams'"),
     (["search={}", "algorithm.name=prm"], "search: runs after grpo, ppo, sft recipes only, not 'prm'"),
     (["search={}", "data.train=x.jsonl"], "search: needs held-out problems: set data.eval"),
+    (["search={}", "reward.args={splitter: {mode: regex, pattern: 'Step'}}"],
+     "search: beam and dvts stop generating at a literal step separator"),
 ])
 def test_bad_search_blocks_raise_one_line(overrides, message):
     from rlkit.config import load_recipe
@@ -109,3 +111,13 @@ def test_bad_search_blocks_raise_one_line(overrides, message):
     with pytest.raises(RecipeError) as e:
         load_recipe("grpo_prm_quickstart", overrides)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_backend_auto_is_hf_generate_where_vllm_cannot_run(tmp_path, tiny_dirs, monkeypatch):
+    import rlkit.search_cmd as search_cmd
+
+    monkeypatch.setattr(search_cmd, "vllm_problem", lambda *a: "vLLM is not installed")
+    out = tmp_path / "report"
+    assert main(["search", "--policy", tiny_dirs["policy"], "--reward", "arithmetic", "--method", "bon",
+                 "--budget", "2", "--num-problems", "1", "--max-tokens", "8", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["backend"] == "hf"

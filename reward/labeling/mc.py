@@ -203,7 +203,8 @@ class VLLMCompleter:
 
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
                             seed=per_request_seed(self.seed))
-        prompts = [{"prompt_token_ids": encode_prefix(self.tok, p)} for p in prefixes]  # see encode_prefix
+        # token ids, a trailing separator as in running text (see encode_prefix), a BOS as vLLM would add
+        prompts = [{"prompt_token_ids": encode_prefix(self.tok, p, add_special_tokens=True)} for p in prefixes]
         res = self.llm.generate(prompts, sp, use_tqdm=False)
         return [[o.text for o in r.outputs] for r in res]
 

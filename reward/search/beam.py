@@ -3,8 +3,8 @@
 With budget N and beam width M: sample N first steps, keep the N/M best partial solutions by their
 aggregated PRM score, sample M next steps from each kept beam (N candidates again), keep the best N/M open
 ones among all of them, and so on until no candidate is left open (see :mod:`reward.search.beams` for when a
-beam ends and how partial solutions are ranked). Every candidate that ends is a final solution, so the search
-returns as many as ended (at least one per problem) and samples N steps per round while N/M or more
+beam ends and how partial solutions are ranked). Every candidate that ends is a final solution (the search
+returns the N best of them, at least one per problem), and it samples N steps per round while N/M or more
 candidates are open, fewer when fewer are.
 
 Example:

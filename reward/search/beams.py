@@ -8,15 +8,17 @@ the prompt; later rounds sample ``beam_width`` steps per open beam, so a round n
 ``budget`` steps per problem.
 
 A partial solution is ranked by ``aggregation`` of its step scores (``min`` by default: a path is as good as
-its weakest step; ``last``, ``product``, ``mean`` as in ``reward.base.aggregate``); one with no step scores
-0. The PRM sees the problem's question and the steps so far, never the reference answer.
+its weakest step; ``last``, ``product``, ``mean`` as in ``reward.base.aggregate``); one with no text ranks
+below every other (its score is 0, which a raw-score PRM's real steps can fall below). The PRM sees the
+problem's question and the steps so far, never the reference answer.
 
 A candidate that ends becomes a final solution of its problem at once; only the open candidates compete
 for the beams that go on. Ranking an ended solution against open ones would be unfair: under ``min`` (and
 ``product``) a partial solution's score is an upper bound of any solution that continues it, so such a
 ranking favours never finishing (seen with the ``arithmetic`` checker, whose answer step scores the neutral
 0.5 while one more correct calculation scores 1.0: beam search kept adding calculations to the step cap). So
-a search returns every solution that ended, plus the kept beams still open at the step cap.
+a search collects every solution that ended, plus the kept beams still open at the step cap, and returns
+the ``budget`` best of them (so its votes and pass rate count at most N solutions, as Best-of-N's do).
 
 A beam ends (``Beam.done``) when its continuation hit EOS (``eos``), its new step states the final answer
 (``answer``: \\boxed{}, ``####`` or "the answer is", with ``stop_at_answer``), its path reached ``max_tokens``
@@ -213,9 +215,12 @@ def step_search(problems: Sequence[Problem], generator: Generator, prm: StepRewa
                 b.done = "step_cap"
                 outcomes[b.problem].finals.append(b)
             active = []
+    for o in outcomes:
+        o.finals = ranked(o.finals)[:settings.budget]
     return outcomes
 
 
 def ranked(beams: Sequence[Beam]) -> list[Beam]:
-    """Highest score first; equal scores keep their order (earlier beam, then earlier sample)."""
-    return sorted(beams, key=lambda b: -b.score)
+    """Highest score first, solutions with no text last; equal scores keep their order (earlier beam, then
+    earlier sample)."""
+    return sorted(beams, key=lambda b: (not b.text.strip(), -b.score))

@@ -1,7 +1,8 @@
 """Search methods side by side: run each method at each budget (and seed) and grade what it chose.
 
-Grading reuses ``reward.evaluation.bon`` on each problem's final solutions (the N/M beams of beam search
-and DVTS, the N samples of Best-of-N), with the verifier's answer extraction and equivalence:
+Grading reuses ``reward.evaluation.bon`` on each problem's final solutions (for beam search and DVTS the N
+best of the solutions that ended, for Best-of-N its N samples), with the verifier's answer extraction and
+equivalence:
 
 * ``accuracy``: the final solution with the highest aggregated score (``settings.aggregation``) is correct;
 * ``majority`` / ``weighted_majority``: the most frequent answer / the answer with the largest sum of

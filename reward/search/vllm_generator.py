@@ -43,7 +43,8 @@ class VLLMGenerator:
         # engine seed (LLM(seed=...)) makes a whole run reproducible.
         sp = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=max_new_tokens,
                             stop=[stop] if stop else None)
-        prompts = [{"prompt_token_ids": encode_prefix(self.tokenizer, p)} for p in prefixes]  # see encode_prefix
+        # token ids, a trailing separator as in running text (see encode_prefix), a BOS as vLLM would add
+        prompts = [{"prompt_token_ids": encode_prefix(self.tokenizer, p, add_special_tokens=True)} for p in prefixes]
         out = []
         for r in self.llm.generate(prompts, sp, use_tqdm=False):
             row = []

@@ -18,12 +18,13 @@ import torch
 from transformers import AutoTokenizer, TrainerState
 
 from reward.labeling.io import atomic_write_text
+from reward.models.implicit_prm import ENGINE_TAG, ONLINE_STATE_FILE
 from rlkit import report
-from rlkit.checkpoints import COMPLETE_MARKER, RunGuard, checkpoint_step
+from rlkit.checkpoints import COMPLETE_MARKER, ONLINE_REWARD_DIR, RunGuard, checkpoint_step
 from rlkit.distributed import is_main_process, single_rank_hf
 from rlkit.models import resolve_model
 from rlkit.recipe import Recipe
-from rlkit.recipe_glue import load_datasets, search_trained_policy
+from rlkit.recipe_glue import load_datasets
 
 
 def fill_classifier_trainer_kwargs(args: tuple, kwargs: dict, collator_cls: type) -> None:
@@ -179,7 +180,8 @@ def write_run_info(trainer, run_dir: Path) -> None:
 
 
 TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
-                        "latest", "zero_to_fp32.py", COMPLETE_MARKER)
+                        "latest", "zero_to_fp32.py", "zero_to_torch.py", COMPLETE_MARKER,
+                        ONLINE_STATE_FILE, ENGINE_TAG)  # the last two: an online reward's optimizer state
 
 
 def policy_from_checkpoint(checkpoint: str | Path, policy_dir: Path) -> None:
@@ -197,8 +199,8 @@ def policy_from_checkpoint(checkpoint: str | Path, policy_dir: Path) -> None:
 def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     """The policy run every RL/SFT recipe runner shares: held-out evaluation before, train (resuming from
     ``training.resume_from_checkpoint`` when set), save ``policy/``, evaluate after, write the report,
-    ``metrics.json`` and ``run_info.json`` (main process only), then run the recipe's ``search:`` block on
-    ``policy/`` into ``search/`` (main process only).
+    ``metrics.json`` and ``run_info.json`` (main process only). (A recipe's ``search:`` block runs after this,
+    in the ``rlkit train`` process: :func:`rlkit.launch.train`.)
 
     A run resumed from a checkpoint that is already at ``max_steps`` trains no further (transformers would
     train one step past it): ``policy/`` comes from the checkpoint's model files. A signal or a non-finite loss
@@ -216,6 +218,9 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
     policy_dir = run_dir / "policy"
     if finished:
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        if getattr(trainer, "reward_update", "none") != "none":  # the reward as it learned, for the evaluation
+            with single_rank_hf():
+                trainer.step_reward.load_online(Path(resume) / ONLINE_REWARD_DIR)
         if is_main:
             policy_from_checkpoint(resume, policy_dir)
     else:
@@ -233,5 +238,3 @@ def train_and_report(trainer, recipe: Recipe, run_dir: Path) -> None:
         atomic_write_text(run_dir / "metrics.json", json.dumps(trainer.state.log_history, indent=1))
         write_run_info(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()
-    if is_main and recipe.search is not None:  # after the last barrier: a long search keeps no rank waiting
-        search_trained_policy(recipe, policy_dir, one_rank_reward(trainer, policy_dir), run_dir / "search")

@@ -27,13 +27,12 @@ from reward.base import EngineTrainable, OnlineTrainable, StepRewardModel, StepS
 from reward.models.verifier import is_correct
 from reward.steps import locate_text, step_token_spans
 from rlkit import credit as credit_lib
-from rlkit.checkpoints import CheckpointError
+from rlkit.checkpoints import ONLINE_REWARD_DIR, CheckpointError
 from rlkit.distributed import average_gradients, online_reward_engine, single_rank_hf
 from rlkit.recipe import REWARD_UPDATES
 
 logger = logging.getLogger(__name__)
 
-ONLINE_REWARD_DIR = "online_reward"  # in checkpoints and policy/: the online-trained reward's model
 
 
 @dataclass
