@@ -127,20 +127,31 @@ def plot(summary: dict, path: Path, titles: dict[str, str] = TITLES) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", help="the SFT policy folder to start every run from")
+def add_run_args(ap: argparse.ArgumentParser, seeds: str = "0,1,2", eval_every: bool = True) -> None:
+    """The options of the benchmarks that run RL from an SFT policy (this one, online_prm, merging_retention)."""
+    ap.add_argument("--policy", help="the SFT policy folder every run starts from")
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--eval-every", type=int, default=4)
+    if eval_every:
+        ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--eval-size", type=int, default=64)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--arms", default="process_grpo,min_form,outcome")
+    ap.add_argument("--seeds", default=seeds)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default="benchmarks/results")
+
+
+def parse_run_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
+    """(args, seeds) of :func:`add_run_args`'s options; ``--policy`` is required unless ``--tiny``."""
     args = ap.parse_args(argv)
     if not args.tiny and not args.policy:
         ap.error("--policy PATH (an SFT policy folder) is required without --tiny")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    return args, [int(s) for s in args.seeds.split(",")]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(ap)
+    ap.add_argument("--arms", default="process_grpo,min_form,outcome")
+    args, seeds = parse_run_args(ap, argv)
     arms = [a.strip() for a in args.arms.split(",")]
     sets = [f"training.max_steps={args.steps}", f"data.num_eval={args.eval_size}"]
     sets += [f"model={tiny_model_dir()}"] + TINY_SETTINGS if args.tiny else [f"model={args.policy}"] + RL_SETTINGS

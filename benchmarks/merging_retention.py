@@ -48,13 +48,14 @@ from rlkit.trainers.grpo_runner import build_grpo_trainer
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dense_vs_outcome import RL_SETTINGS as DVO_RL_SETTINGS  # noqa: E402
+from dense_vs_outcome import TINY_SETTINGS, add_run_args, parse_run_args  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from _tiny import tiny_model_dir  # noqa: E402
 
-RL_SETTINGS = ["training.max_completion_length=128", "training.learning_rate=5.0e-6", "training.bf16=true",
-               "training.save_strategy=no", "reward.args.splitter.mode=double_newline", "data.num_train=256"]
-TINY_SETTINGS = ["training.max_completion_length=12", "training.num_generations=2",
-                 "training.per_device_train_batch_size=4", "data.num_train=16", "training.save_strategy=no"]
+RL_SETTINGS = [*DVO_RL_SETTINGS, "data.num_train=256"]  # dense_vs_outcome's RL stage on the training families
 EVAL_SEED = 10_000  # the seed `builtin:arithmetic` uses for its held-out split (train uses 0)
 METRICS = ("rewarded_accuracy", "held_accuracy", "rewarded_nll", "held_nll")
 
@@ -147,19 +148,11 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", help="the SFT policy folder every run starts from")
+    add_run_args(ap, seeds="0,1", eval_every=False)
     ap.add_argument("--base", default="embedded:smollm2-135m-instruct", help="the policy before SFT (tau's base)")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--eval-size", type=int, default=64)
-    ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--optimizers", default="adamw,ondare,onties")
     ap.add_argument("--held-family", default="share", choices=ARITHMETIC_FAMILIES)
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args(argv)
-    if not args.tiny and not args.policy:
-        ap.error("--policy PATH (an SFT policy folder) is required without --tiny")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args, seeds = parse_run_args(ap, argv)
     optimizers = [o.strip() for o in args.optimizers.split(",")]
     policy = tiny_model_dir() if args.tiny else args.policy
     base = tiny_model_dir() if args.tiny else args.base

@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dense_vs_outcome import RL_SETTINGS, TINY_SETTINGS, mean_std, one_run, plot  # noqa: E402
+from dense_vs_outcome import (  # noqa: E402
+    RL_SETTINGS, TINY_SETTINGS, add_run_args, mean_std, one_run, parse_run_args, plot)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from _tiny import tiny_model_dir  # noqa: E402
@@ -61,19 +62,10 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", help="the SFT policy folder every run starts from")
+    add_run_args(ap)
     ap.add_argument("--fixed", default="benchmarks/results/dense_vs_outcome.json",
                     help="a dense_vs_outcome.json whose process_grpo runs are the fixed arm")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--eval-every", type=int, default=4)
-    ap.add_argument("--eval-size", type=int, default=64)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args(argv)
-    if not args.tiny and not args.policy:
-        ap.error("--policy PATH (an SFT policy folder) is required without --tiny")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args, seeds = parse_run_args(ap, argv)
     policy = tiny_model_dir() if args.tiny else args.policy
     common = [f"training.max_steps={args.steps}", f"data.num_eval={args.eval_size}", f"model={policy}"]
     settings = TINY_SETTINGS if args.tiny else RL_SETTINGS
